@@ -1,0 +1,11 @@
+// The extension module: each op family registers its launchers (csrc/bind/*.cpp).
+#include <pybind11/pybind11.h>
+
+namespace dx::bind {
+void register_quant(pybind11::module_& m);
+}  // namespace dx::bind
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "deepseek_ext CUDA kernels (raw-pointer launchers; use deepseek_ext.ops instead)";
+  dx::bind::register_quant(m);
+}

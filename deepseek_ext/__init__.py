@@ -1,0 +1,6 @@
+"""deepseek_ext: the DeepSeek-V3 training-efficiency stack for PyTorch."""
+from deepseek_ext._backend import backend, get_num_sms, has_cuda_ext, set_num_sms
+from deepseek_ext import quant, reference
+
+__version__ = "0.1.0"
+__all__ = ["backend", "get_num_sms", "has_cuda_ext", "set_num_sms", "quant", "reference"]

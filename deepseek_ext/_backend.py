@@ -1,0 +1,80 @@
+"""Which implementation runs: the compiled CUDA kernels or the pure-PyTorch reference."""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+try:
+    from deepseek_ext import _C
+except ImportError:  # built without nvcc, or DEEPSEEK_EXT_CUDA=0
+    _C = None
+
+_BACKEND_ENV = "DEEPSEEK_EXT_BACKEND"
+_BACKEND_CHOICES = ("auto", "reference", "cuda")
+_num_sms: int | None = None
+
+
+def has_cuda_ext() -> bool:
+    """True when the compiled extension ``deepseek_ext._C`` is importable."""
+    return _C is not None
+
+
+def _requested_backend() -> str:
+    value = os.environ.get(_BACKEND_ENV, "auto").strip().lower() or "auto"
+    if value not in _BACKEND_CHOICES:
+        raise ValueError(f"{_BACKEND_ENV} must be one of {_BACKEND_CHOICES}, got {value!r}")
+    return value
+
+
+@functools.cache
+def _is_sm90(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) == (9, 0)
+
+
+def _kernels_available(device: torch.device) -> bool:
+    return _C is not None and device.type == "cuda" and _is_sm90(device.index or 0)
+
+
+def uses_kernels(tensor: torch.Tensor) -> bool:
+    """Whether an op on ``tensor`` runs the CUDA kernel (else the reference implementation)."""
+    requested = _requested_backend()
+    if requested == "reference":
+        return False
+    available = _kernels_available(tensor.device)
+    if requested == "cuda" and not available:
+        raise RuntimeError(
+            f"{_BACKEND_ENV}=cuda but the kernels cannot run on {tensor.device} "
+            f"(extension built: {has_cuda_ext()}; they need an sm_90 GPU)")
+    return available
+
+
+def backend() -> str:
+    """``"cuda"`` when ops on the current CUDA device run our kernels, else ``"reference"``."""
+    if _requested_backend() == "reference" or not torch.cuda.is_available():
+        return "reference"
+    return "cuda" if _kernels_available(torch.device("cuda", torch.cuda.current_device())) else "reference"
+
+
+def _device_sm_count() -> int:
+    if not torch.cuda.is_available():
+        return 0
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+
+
+def set_num_sms(num_sms: int) -> None:
+    """Limit the SMs the GEMMs may use; the rest stay free for communication kernels."""
+    if isinstance(num_sms, bool) or not isinstance(num_sms, int):
+        raise TypeError(f"num_sms must be an int, got {type(num_sms).__name__}")
+    available = _device_sm_count()
+    if num_sms < 1 or (available and num_sms > available):
+        limit = available if available else "the device's SM count"
+        raise ValueError(f"num_sms must be in [1, {limit}], got {num_sms}")
+    global _num_sms
+    _num_sms = num_sms
+
+
+def get_num_sms() -> int:
+    """SMs the GEMMs may use: the value given to set_num_sms, else every SM (0 without a GPU)."""
+    return _num_sms if _num_sms is not None else _device_sm_count()

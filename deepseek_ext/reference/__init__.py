@@ -1,0 +1,1 @@
+"""Pure-PyTorch semantics of every op: the fallback and the test oracle."""
