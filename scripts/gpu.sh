@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One command for an H100 (sm_90) machine with torch and no network:
+#   scripts/gpu.sh LOG_DIR
+# builds the extension, runs the GPU tests, compute-sanitizer and the benchmarks, writes logs
+# to LOG_DIR (at most 8 files) and prints a short summary last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOG=$(realpath -m "${1:-${OUT:-gpu-logs}}")
+mkdir -p "$LOG"
+export PYTHONUNBUFFERED=1
+
+step() { printf '%-12s %s\n' "$1" "$2" >> "$LOG/summary.txt"; }
+: > "$LOG/summary.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$LOG/build.log" 2>&1
+
+# 1. Build (ptxas resource report kept in the build log).
+DEEPSEEK_EXT_PTXAS_VERBOSE=1 python -m pip install --no-build-isolation --no-deps -v -e . >> "$LOG/build.log" 2>&1
+build_rc=$?
+step build "rc=$build_rc; $(grep -c 'spill stores' "$LOG/build.log") ptxas reports, $(grep -E '[1-9][0-9]* bytes spill' -c "$LOG/build.log") with spills"
+so=$(python -c "from deepseek_ext import _C; print(_C.__file__)" 2>/dev/null)
+if [ -n "$so" ]; then
+  { echo "== SASS instruction counts"; cuobjdump -sass "$so" | grep -oE '(QGMMA|HGMMA|UTMALDG|UTMASTG|LDG\.E\.128|STG\.E\.128)[^ ]*' | sort | uniq -c; } >> "$LOG/build.log" 2>&1
+  step sass "QGMMA instructions: $(cuobjdump -sass "$so" 2>/dev/null | grep -c QGMMA)"
+fi
+
+# 2. GPU tests.
+python -m pytest -m gpu -v -rs > "$LOG/pytest_gpu.log" 2>&1
+step pytest-gpu "rc=$?; $(tail -n 1 "$LOG/pytest_gpu.log")"
+
+# 3. compute-sanitizer on every kernel (few shapes).
+: > "$LOG/sanitizer.log"
+for tool in memcheck racecheck; do
+  compute-sanitizer --tool "$tool" --error-exitcode 1 python scripts/sanitize_kernels.py >> "$LOG/sanitizer.log" 2>&1
+  step "$tool" "rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' "$LOG/sanitizer.log") clean summaries so far)"
+done
+
+# 4. Benchmarks (table on stdout, JSON and PNGs packed into one archive).
+python bench/run.py --suite all --out "$LOG/bench" > "$LOG/bench.log" 2>&1
+step bench "rc=$?"
+tar -czf "$LOG/bench_results.tar.gz" -C "$LOG" bench && rm -rf "$LOG/bench"
+
+echo "== bench"; grep -E '^\|' "$LOG/bench.log" | head -n 60
+echo "== summary ($LOG)"; cat "$LOG/summary.txt"

@@ -1,0 +1,79 @@
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import deepseek_ext as dx
+from deepseek_ext import _backend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_backend_on_this_machine_matches_hardware():
+    assert isinstance(dx.has_cuda_ext(), bool)
+    expect_cuda = (dx.has_cuda_ext() and torch.cuda.is_available()
+                   and torch.cuda.get_device_capability() == (9, 0))
+    assert dx.backend() == ("cuda" if expect_cuda else "reference")
+
+
+def test_reference_env_forces_fallback(monkeypatch):
+    monkeypatch.setenv("DEEPSEEK_EXT_BACKEND", "reference")
+    assert dx.backend() == "reference"
+    assert not _backend.uses_kernels(torch.empty(1))
+
+
+def test_cpu_tensors_never_use_kernels(monkeypatch):
+    monkeypatch.delenv("DEEPSEEK_EXT_BACKEND", raising=False)
+    assert not _backend.uses_kernels(torch.empty(1))
+
+
+def test_bad_backend_env_is_named(monkeypatch):
+    monkeypatch.setenv("DEEPSEEK_EXT_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="DEEPSEEK_EXT_BACKEND must be one of"):
+        dx.backend()
+
+
+def test_forcing_cuda_where_it_cannot_run_raises(monkeypatch):
+    monkeypatch.setenv("DEEPSEEK_EXT_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="DEEPSEEK_EXT_BACKEND=cuda but the kernels cannot run on cpu"):
+        _backend.uses_kernels(torch.empty(1))
+
+
+@pytest.fixture
+def restore_num_sms():
+    saved = _backend._num_sms
+    yield
+    _backend._num_sms = saved
+
+
+def test_set_num_sms_round_trip(restore_num_sms):
+    dx.set_num_sms(20)
+    assert dx.get_num_sms() == 20
+
+
+def test_default_num_sms_is_the_device_count(restore_num_sms):
+    _backend._num_sms = None
+    expected = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 0
+    assert dx.get_num_sms() == expected
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (0, ValueError, r"num_sms must be in \[1, "),
+    (-3, ValueError, r"num_sms must be in \[1, "),
+    (2.5, TypeError, "num_sms must be an int, got float"),
+    (True, TypeError, "num_sms must be an int, got bool"),
+])
+def test_set_num_sms_rejects(bad, exc, match, restore_num_sms):
+    with pytest.raises(exc, match=match):
+        dx.set_num_sms(bad)
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_cmake_without_cuda_says_so_in_one_line(tmp_path):
+    proc = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path), "-DDEEPSEEK_EXT_CUDA=0"],
+                          capture_output=True, text=True, check=True)
+    lines = [line for line in proc.stdout.splitlines() if "deepseek_ext:" in line]
+    assert lines == ["-- deepseek_ext: DEEPSEEK_EXT_CUDA=0, installing the pure-Python package "
+                     "(reference backend only)"]
