@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 
-SUITES = ("quant",)
+SUITES = ("quant", "gemm", "grouped", "moe", "ep")
 
 
 def main(argv: list[str] | None = None) -> int:

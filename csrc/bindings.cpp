@@ -3,9 +3,15 @@
 
 namespace dx::bind {
 void register_quant(pybind11::module_& m);
+void register_gemm(pybind11::module_& m);
+void register_permute(pybind11::module_& m);
+void register_ep(pybind11::module_& m);
 }  // namespace dx::bind
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "deepseek_ext CUDA kernels (raw-pointer launchers; use deepseek_ext.ops instead)";
   dx::bind::register_quant(m);
+  dx::bind::register_gemm(m);
+  dx::bind::register_permute(m);
+  dx::bind::register_ep(m);
 }

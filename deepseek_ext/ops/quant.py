@@ -5,18 +5,26 @@ import torch
 
 from deepseek_ext._backend import uses_kernels
 from deepseek_ext.ops import _launch
-from deepseek_ext.ops._checks import check_aligned, check_multiple, check_tensor, row_stride
+from deepseek_ext.ops._checks import (check_aligned, check_contiguous, check_multiple, check_same_device,
+                                      check_shape, check_tensor, row_stride)
 from deepseek_ext.reference import quant as ref
 from deepseek_ext.reference.quant import GROUP, FP8_DTYPE, ceil_div, empty_m_major_scales
 
 _FLOAT_INPUTS = (torch.bfloat16, torch.float32)
+_DEQUANT_OUTPUTS = (torch.float32, torch.bfloat16)
 _K_MULTIPLE = 16  # 16-byte FP8 rows: what the GEMM's TMA and the kernels' vector accesses need
+_BLOCKS = ((1, GROUP), (GROUP, GROUP))
 
 
-def _check_activation(x: torch.Tensor, name: str) -> int:
-    check_tensor(x, name, _FLOAT_INPUTS, min_dim=2)
+def _check_activation(x: torch.Tensor, name: str, min_dim: int = 2) -> int:
+    check_tensor(x, name, _FLOAT_INPUTS, min_dim=min_dim)
     check_multiple(x.shape[-1], _K_MULTIPLE, f"{name}.shape[-1]")
     return row_stride(x, name)
+
+
+def _rows(t: torch.Tensor) -> int:
+    """Rows of t viewed as [rows, t.shape[-1]]."""
+    return t.numel() // t.shape[-1] if t.shape[-1] else 0
 
 
 def _per_token_outputs(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,9 +42,8 @@ def _per_token_cast_to_fp8(x: torch.Tensor, pow2_scale: bool) -> tuple[torch.Ten
         return ref.per_token_cast_to_fp8(x, pow2_scale)
     k = x.shape[-1]
     q, s = _per_token_outputs(x, k)
-    rows = x.numel() // k if k else 0
     _launch.call("per_token_cast_to_fp8", x.data_ptr(), _launch.DTYPE_CODE[x.dtype], row_stride(x, "x"),
-                 q.data_ptr(), s.data_ptr(), rows, k, x.shape[-2], s.stride(-1), pow2_scale,
+                 q.data_ptr(), s.data_ptr(), _rows(x), k, x.shape[-2], s.stride(-1), pow2_scale,
                  _launch.stream_handle(x))
     return q, s
 
@@ -54,3 +61,201 @@ def per_token_cast_to_fp8(x: torch.Tensor, pow2_scale: bool = False) -> tuple[to
     """
     _check_activation(x, "x")
     return torch.ops.deepseek_ext.per_token_cast_to_fp8(x, pow2_scale)
+
+
+# --- swiglu_cast_to_fp8 ----------------------------------------------------------------------
+
+@torch.library.custom_op("deepseek_ext::swiglu_cast_to_fp8", mutates_args=())
+def _swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    check_aligned(gate_up, "gate_up")
+    if not uses_kernels(gate_up):
+        return ref.swiglu_cast_to_fp8(gate_up, pow2_scale)
+    inter = gate_up.shape[-1] // 2
+    q, s = _per_token_outputs(gate_up, inter)
+    _launch.call("swiglu_cast_to_fp8", gate_up.data_ptr(), _launch.DTYPE_CODE[gate_up.dtype],
+                 row_stride(gate_up, "gate_up"), q.data_ptr(), s.data_ptr(), _rows(q), inter,
+                 gate_up.shape[-2], s.stride(-1), pow2_scale, _launch.stream_handle(gate_up))
+    return q, s
+
+
+@_swiglu_cast_to_fp8.register_fake
+def _(gate_up, pow2_scale):
+    return _per_token_outputs(gate_up, gate_up.shape[-1] // 2)
+
+
+def swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """silu(g) * u in fp32 fused with the 1x128 cast. gate_up [..., M, 2I] = cat([g, u], -1),
+    bf16/fp32, I a multiple of 16. Returns q [..., M, I] and M-major s [..., M, ceil(I/128)]."""
+    _check_activation(gate_up, "gate_up")
+    check_multiple(gate_up.shape[-1], 2 * _K_MULTIPLE, "gate_up.shape[-1] (2 x intermediate size)")
+    return torch.ops.deepseek_ext.swiglu_cast_to_fp8(gate_up, pow2_scale)
+
+
+# --- per_block_cast_to_fp8 -------------------------------------------------------------------
+
+def _per_block_outputs(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n, k = w.shape[-2:]
+    q = torch.empty(w.shape, dtype=FP8_DTYPE, device=w.device)
+    s = torch.empty((*w.shape[:-2], ceil_div(n, GROUP), ceil_div(k, GROUP)), dtype=torch.float32,
+                    device=w.device)
+    return q, s
+
+
+@torch.library.custom_op("deepseek_ext::per_block_cast_to_fp8", mutates_args=())
+def _per_block_cast_to_fp8(w: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    check_aligned(w, "w")
+    if not uses_kernels(w):
+        return ref.per_block_cast_to_fp8(w, pow2_scale)
+    q, s = _per_block_outputs(w)
+    _launch.call("per_block_cast_to_fp8", w.data_ptr(), _launch.DTYPE_CODE[w.dtype], row_stride(w, "w"),
+                 q.data_ptr(), s.data_ptr(), _rows(w), w.shape[-2], w.shape[-1], pow2_scale,
+                 _launch.stream_handle(w))
+    return q, s
+
+
+@_per_block_cast_to_fp8.register_fake
+def _(w, pow2_scale):
+    return _per_block_outputs(w)
+
+
+def per_block_cast_to_fp8(w: torch.Tensor, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """128x128 block FP8 cast. w [..., N, K] bf16/fp32, K a multiple of 16. Returns q [..., N, K]
+    float8_e4m3fn and s [..., ceil(N/128), ceil(K/128)] fp32, contiguous (w ~= q * s per block)."""
+    _check_activation(w, "w")
+    return torch.ops.deepseek_ext.per_block_cast_to_fp8(w, pow2_scale)
+
+
+# --- per_token_cast_to_fp8_with_transpose ----------------------------------------------------
+
+def _with_transpose_outputs(x: torch.Tensor):
+    m, k = x.shape
+    q, s = _per_token_outputs(x, k)
+    qt = torch.empty((k, m), dtype=FP8_DTYPE, device=x.device)
+    st = empty_m_major_scales((), k, ceil_div(m, GROUP), x.device)
+    return q, s, qt, st
+
+
+@torch.library.custom_op("deepseek_ext::per_token_cast_to_fp8_with_transpose", mutates_args=())
+def _per_token_cast_to_fp8_with_transpose(
+        x: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_aligned(x, "x")
+    if not uses_kernels(x):
+        return ref.per_token_cast_to_fp8_with_transpose(x, pow2_scale)
+    q, s, qt, st = _with_transpose_outputs(x)
+    m, k = x.shape
+    _launch.call("cast_with_transpose", x.data_ptr(), _launch.DTYPE_CODE[x.dtype], row_stride(x, "x"),
+                 q.data_ptr(), s.data_ptr(), qt.data_ptr(), st.data_ptr(), m, k, s.stride(-1),
+                 st.stride(-1), pow2_scale, _launch.stream_handle(x))
+    return q, s, qt, st
+
+
+@_per_token_cast_to_fp8_with_transpose.register_fake
+def _(x, pow2_scale):
+    return _with_transpose_outputs(x)
+
+
+def per_token_cast_to_fp8_with_transpose(x: torch.Tensor, pow2_scale: bool = False):
+    """One read of x [M, K] (bf16/fp32, M and K multiples of 16) gives (q, s) = 1x128 along K and
+    (qt [K, M], st [K, ceil(M/128)]) = x^T quantized 1x128 along M; s and st M-major."""
+    _check_activation(x, "x")
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D [M, K], got shape {tuple(x.shape)}")
+    check_multiple(x.shape[0], _K_MULTIPLE, "x.shape[0] (M: rows of the transposed copy)")
+    return torch.ops.deepseek_ext.per_token_cast_to_fp8_with_transpose(x, pow2_scale)
+
+
+# --- transpose_block_fp8 ---------------------------------------------------------------------
+
+def _transposed_outputs(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    qt = torch.empty((*q.shape[:-2], q.shape[-1], q.shape[-2]), dtype=q.dtype, device=q.device)
+    st = torch.empty((*s.shape[:-2], s.shape[-1], s.shape[-2]), dtype=s.dtype, device=s.device)
+    return qt, st
+
+
+@torch.library.custom_op("deepseek_ext::transpose_block_fp8", mutates_args=())
+def _transpose_block_fp8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    check_aligned(q, "q")
+    if not uses_kernels(q):
+        return ref.transpose_block_fp8(q, s)
+    qt, st = _transposed_outputs(q, s)
+    n, k = q.shape[-2:]
+    batch = q.numel() // (n * k) if n * k else 0
+    _launch.call("transpose_block_fp8", q.data_ptr(), s.data_ptr(), qt.data_ptr(), st.data_ptr(),
+                 batch, n, k, _launch.stream_handle(q))
+    return qt, st
+
+
+@_transpose_block_fp8.register_fake
+def _(q, s):
+    return _transposed_outputs(q, s)
+
+
+def transpose_block_fp8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact transpose of a 128x128-scaled FP8 matrix: q [..., N, K] float8_e4m3fn (contiguous,
+    N and K multiples of 16), s [..., ceil(N/128), ceil(K/128)] fp32 (contiguous) ->
+    (q^T [..., K, N], s^T [..., ceil(K/128), ceil(N/128)]), both contiguous."""
+    check_tensor(q, "q", (FP8_DTYPE,), min_dim=2)
+    check_tensor(s, "s", (torch.float32,), dim=q.dim())
+    n, k = q.shape[-2:]
+    check_multiple(n, _K_MULTIPLE, "q.shape[-2]")
+    check_multiple(k, _K_MULTIPLE, "q.shape[-1]")
+    check_shape(s, "s", (*q.shape[:-2], ceil_div(n, GROUP), ceil_div(k, GROUP)))
+    check_contiguous(q, "q")
+    check_contiguous(s, "s")
+    check_same_device("q", q, s=s)
+    return torch.ops.deepseek_ext.transpose_block_fp8(q, s)
+
+
+# --- dequantize ------------------------------------------------------------------------------
+
+def _scale_batch_stride(s: torch.Tensor) -> int:
+    """Stride between the [rows, groups] scale matrices of s's collapsed leading dims."""
+    for i in range(s.dim() - 3):
+        if s.shape[i] > 1 and s.stride(i) != s.stride(i + 1) * s.shape[i + 1]:
+            raise ValueError(f"s's leading dims must be collapsible, got shape {tuple(s.shape)} "
+                             f"and strides {s.stride()}")
+    return s.stride(-3) if s.dim() > 2 else 0
+
+
+@torch.library.custom_op("deepseek_ext::dequantize", mutates_args=())
+def _dequantize(q: torch.Tensor, s: torch.Tensor, block_rows: int, out_dtype: torch.dtype) -> torch.Tensor:
+    check_aligned(q, "q")
+    if not uses_kernels(q):
+        return ref.dequantize(q, s, (block_rows, GROUP), out_dtype)
+    out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
+    _launch.call("dequantize", q.data_ptr(), s.data_ptr(), out.data_ptr(), _launch.DTYPE_CODE[out_dtype],
+                 _rows(q), q.shape[-1], q.shape[-2], block_rows, _scale_batch_stride(s), s.stride(-2),
+                 s.stride(-1), _launch.stream_handle(q))
+    return out
+
+
+@_dequantize.register_fake
+def _(q, s, block_rows, out_dtype):
+    return torch.empty(q.shape, dtype=out_dtype, device=q.device)
+
+
+def dequantize(q: torch.Tensor, s: torch.Tensor, block: tuple[int, int] | None = None,
+               out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """q * s with one scale per `block` ((1, 128) or (128, 128)) of q's last two dims.
+
+    q [..., M, K] float8_e4m3fn (contiguous, K a multiple of 16); s fp32 [..., M, ceil(K/128)]
+    for (1, 128) (any strides, e.g. the M-major scales of per_token_cast_to_fp8) or
+    [..., ceil(M/128), ceil(K/128)] for (128, 128). block=None infers it from s.shape[-2].
+    out_dtype: float32 or bfloat16.
+    """
+    check_tensor(q, "q", (FP8_DTYPE,), min_dim=2)
+    check_tensor(s, "s", (torch.float32,), dim=q.dim())
+    check_multiple(q.shape[-1], _K_MULTIPLE, "q.shape[-1]")
+    check_contiguous(q, "q")
+    if out_dtype not in _DEQUANT_OUTPUTS:
+        raise TypeError(f"out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
+    m, k = q.shape[-2:]
+    if block is None:
+        block = _BLOCKS[0] if s.shape[-2] == m else _BLOCKS[1]
+    block = tuple(block)
+    if block not in _BLOCKS:
+        raise ValueError(f"block must be (1, 128) or (128, 128), got {block}")
+    check_shape(s, "s", (*q.shape[:-2], ceil_div(m, block[0]), ceil_div(k, GROUP)))
+    check_same_device("q", q, s=s)
+    _scale_batch_stride(s)
+    return torch.ops.deepseek_ext.dequantize(q, s, block[0], out_dtype)

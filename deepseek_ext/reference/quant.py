@@ -101,7 +101,9 @@ def per_token_cast_to_fp8_with_transpose(
 def transpose_block_fp8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact transpose of a 128x128-scaled matrix: (q [..., N, K], s [..., Nb, Kb]) ->
     (q^T [..., K, N], s^T [..., Kb, Nb]). No re-quantization."""
-    return q.transpose(-1, -2).contiguous(), s.transpose(-1, -2).contiguous()
+    # clone, not .contiguous(): a transpose of a size-1 dim is already contiguous and would alias
+    return (q.transpose(-1, -2).clone(memory_format=torch.contiguous_format),
+            s.transpose(-1, -2).clone(memory_format=torch.contiguous_format))
 
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-// Conversion wrappers: the only inline PTX for FP8 packing.
+// Conversion wrappers: the only inline PTX for FP8 packing and unpacking.
 #pragma once
 #include <cstdint>
 
@@ -8,6 +8,14 @@ namespace dx::ptx {
 __device__ __forceinline__ uint16_t cvt_e4m3x2(float lo, float hi) {
   uint16_t out;
   asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(out) : "f"(hi), "f"(lo));
+  return out;
+}
+
+// Two e4m3 (low byte first) -> two f16 packed in one word (exact: every e4m3 value, NaN
+// included, is representable in f16).
+__device__ __forceinline__ uint32_t cvt_e4m3x2_to_f16x2(uint16_t pair) {
+  uint32_t out;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(out) : "h"(pair));
   return out;
 }
 

@@ -1,51 +1,73 @@
 // 1x128 per-token FP8 cast: each group of 128 contiguous elements of a row gets one fp32 scale,
-// written in the GEMM's M-major scale layout.
+// written in the GEMM's M-major scale layout. The input is read through a loader, so the same
+// kernel casts a plain tensor (RowLoader) or a fused SwiGLU (swiglu_cast.cuh).
 #pragma once
 #include <cstdint>
 
 #include "deepseek_ext/common.cuh"
 #include "deepseek_ext/quant/scale_math.cuh"
+#include "deepseek_ext/quant/store.cuh"
+#include "deepseek_ext/quant/tile.cuh"
 #include "deepseek_ext/vec.cuh"
 
 namespace dx {
 
-// One thread per 16-byte input vector; the kLanes threads of a group sit in one warp and
-// reduce the amax with shuffles, so one pass over x produces q and s.
+constexpr int kTokenSteps = 4;  // groups per thread: 4 x 16-byte loads in flight before any math
+
+// Reads kElems contiguous elements of x[row, col ...] as fp32: fetch() issues the load,
+// to_float() widens (split so that all loads are issued before the first use).
 template <typename T>
-__global__ void __launch_bounds__(256) per_token_cast_to_fp8_kernel(
-    const T* __restrict__ x, int64_t ld_x, uint8_t* __restrict__ q, float* __restrict__ s,
-    int64_t rows, int64_t cols, int64_t rows_per_batch, int64_t padded_rows, bool pow2_scale) {
-  constexpr int kVec = Vec16<T>::kElems;
+struct RowLoader {
+  static constexpr int kElems = Vec16<T>::kElems;
+  using Raw = uint4;
+  const T* x;
+  int64_t ld;
+  __device__ __forceinline__ Raw fetch(int64_t row, int64_t col) const {
+    return ptx::ld_nc_v4(x + row * ld + col);
+  }
+  __device__ __forceinline__ void to_float(const Raw& raw, float (&v)[kElems]) const {
+    unpack_to_float(x, raw, v);
+  }
+};
+
+// One thread per 16-byte vector of a group; the kLanes threads of a group sit in one warp and
+// reduce the amax with shuffles. Each thread handles kTokenSteps groups, loads first.
+// A bf16 thread stores 8 bytes of q, and a warp's store still covers 256 contiguous bytes.
+// (256, 2): lets ptxas use up to 128 registers; without it, it squeezed to 64 and spilled
+// around the calls of the division slow path.
+template <typename Loader>
+__global__ void __launch_bounds__(kTileThreads, 2) per_token_cast_to_fp8_kernel(
+    Loader loader, uint8_t* __restrict__ q, float* __restrict__ s, int64_t rows, int64_t cols,
+    int64_t rows_per_batch, int64_t padded_rows, bool pow2_scale) {
+  constexpr int kVec = Loader::kElems;
   constexpr int kLanes = kQuantGroup / kVec;  // 16 for bf16, 32 for fp32
   const int64_t num_groups = ceil_div(cols, kQuantGroup);
-  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t group = thread / kLanes;
-  const int lane = static_cast<int>(thread % kLanes);
-  if (group >= rows * num_groups) return;  // whole groups exit together: shuffle masks stay valid
-  const int64_t row = group / num_groups;
-  const int64_t g = group - row * num_groups;
-  const int64_t col = g * kQuantGroup + static_cast<int64_t>(lane) * kVec;
-  const bool in_range = col < cols;  // cols is a multiple of kVec, so vectors never straddle
+  const int64_t total_groups = rows * num_groups;
+  const int lane = static_cast<int>(threadIdx.x % kLanes);
 
-  float v[kVec];
-  float amax = 0.0f;
-  if (in_range) {
-    load16_as_float(x + row * ld_x + col, v);
+  typename Loader::Raw raw[kTokenSteps];
+  int64_t row[kTokenSteps], group[kTokenSteps];
+  bool in_range[kTokenSteps];
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) amax = nan_max(amax, fabsf(v[i]));
+  for (int u = 0; u < kTokenSteps; ++u) {
+    const int64_t g = token_group_index(blockIdx.x, u, threadIdx.x, kLanes, kTokenSteps);
+    row[u] = quotient(g, num_groups);
+    group[u] = g - row[u] * num_groups;
+    const int64_t col = group[u] * kQuantGroup + lane * kVec;
+    // cols is a multiple of kVec, so a vector is wholly inside or outside the row.
+    in_range[u] = g < total_groups && col < cols;
+    if (in_range[u]) raw[u] = loader.fetch(row[u], col);
   }
-  const unsigned mask = kLanes == 32 ? 0xffffffffu : (0xffffu << (threadIdx.x & 16u));
 #pragma unroll
-  for (int offset = kLanes / 2; offset > 0; offset /= 2)
-    amax = nan_max(amax, __shfl_xor_sync(mask, amax, offset));
-
-  const float scale = scale_from_amax(amax, pow2_scale);
-  if (in_range) {
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) v[i] = scale_and_clamp(v[i], scale);
-    store_e4m3<kVec>(q + row * cols + col, v);
+  for (int u = 0; u < kTokenSteps; ++u) {
+    float v[kVec] = {};
+    if (in_range[u]) loader.to_float(raw[u], v);
+    const float scale = scale_from_amax(lanes_abs_max<kLanes>(abs_max(v, 0.0f)), pow2_scale);
+    const int64_t col = group[u] * kQuantGroup + lane * kVec;
+    if (in_range[u]) quantize_store(q + row[u] * cols + col, v, scale);
+    if (lane == 0 && row[u] < rows)
+      s[m_major_scale_offset(row[u], group[u], rows_per_batch, padded_rows, num_groups)] = scale;
   }
-  if (lane == 0) s[m_major_scale_offset(row, g, rows_per_batch, padded_rows, num_groups)] = scale;
 }
 
 }  // namespace dx

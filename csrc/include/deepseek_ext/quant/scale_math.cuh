@@ -10,13 +10,21 @@ namespace dx {
 // max() that propagates NaN from either side (fmaxf drops it, which would hide poisoned groups).
 DX_HOST_DEVICE float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
 
-// Smallest power of two >= s for finite positive s; NaN and Inf pass through unchanged.
+// Smallest power of two >= s for finite positive s (subnormals included); NaN and Inf pass
+// through unchanged.
 DX_HOST_DEVICE float round_up_pow2(float s) {
   uint32_t bits;
   memcpy(&bits, &s, sizeof(bits));
   const uint32_t exponent = (bits >> 23) & 0xffu;
-  if (exponent == 0xffu || (bits & 0x7fffffu) == 0u) return s;
-  bits = (exponent + 1u) << 23;
+  const uint32_t mantissa = bits & 0x7fffffu;
+  if (exponent == 0xffu || mantissa == 0u) return s;
+  if (exponent == 0u) {  // subnormal: the power of two above its mantissa (2^-126 at the top)
+    uint32_t pow2 = 1u;
+    while (pow2 < mantissa) pow2 <<= 1;
+    bits = (bits & 0x80000000u) | pow2;
+  } else {
+    bits = (bits & 0x80000000u) | ((exponent + 1u) << 23);
+  }
   float out;
   memcpy(&out, &bits, sizeof(out));
   return out;
@@ -35,12 +43,33 @@ DX_HOST_DEVICE float scale_and_clamp(float x, float s) {
   return v > kFp8E4m3Max ? kFp8E4m3Max : (v < -kFp8E4m3Max ? -kFp8E4m3Max : v);
 }
 
+// a / b for a >= 0, b > 0: 32-bit division when both fit (a 64-bit division costs the GPU
+// several times more, and the kernels divide once per group).
+DX_HOST_DEVICE int64_t quotient(int64_t a, int64_t b) {
+  if ((static_cast<uint64_t>(a) | static_cast<uint64_t>(b)) <= 0xffffffffull)
+    return static_cast<int64_t>(static_cast<uint32_t>(a) / static_cast<uint32_t>(b));
+  return a / b;
+}
+
 // Offset of scale (row, group) in the M-major layout: per batch [groups][padded_rows], where
 // rows are the flattened leading dims and each batch holds rows_per_batch of them.
 DX_HOST_DEVICE int64_t m_major_scale_offset(int64_t row, int64_t group, int64_t rows_per_batch,
                                             int64_t padded_rows, int64_t num_groups) {
-  const int64_t batch = row / rows_per_batch;
+  const int64_t batch = quotient(row, rows_per_batch);
   return (batch * num_groups + group) * padded_rows + (row - batch * rows_per_batch);
+}
+
+// Where the scale of element (row, col) of a batch of [rows_per_batch, cols] matrices lives,
+// for scales of (block_rows x 128) blocks stored at any strides.
+struct ScaleStrides {
+  int64_t batch, row, col;
+};
+DX_HOST_DEVICE int64_t block_scale_offset(int64_t row, int64_t col, int64_t rows_per_batch,
+                                          int64_t block_rows, ScaleStrides stride) {
+  const int64_t batch = quotient(row, rows_per_batch);
+  const int64_t in_batch = row - batch * rows_per_batch;
+  return batch * stride.batch + quotient(in_batch, block_rows) * stride.row +
+         quotient(col, kQuantGroup) * stride.col;
 }
 
 }  // namespace dx

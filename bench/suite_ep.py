@@ -1,0 +1,132 @@
+"""Expert-parallel dispatch/combine (DeepEP's workload: 4096 tokens/rank, hidden 7168, top-8 of 256
+experts, 8 ranks, FP8 dispatch, bf16 combine), one rank measured with loopback peers (their
+receive regions are local memory, so the real kernels run on one GPU).
+
+TB/s = payload bytes sent to peers per second (dispatch: rows x (hidden FP8 bytes + scales);
+combine: rows x hidden x 2), beside torch index_select / index_add_ moving the same rows in the
+same run. Times are CUDA-graph replays (worst-case-size buffers: one launch, no CPU sync).
+Overlap: fp8_gemm_nt (4096x7168x2048) on 112 SMs beside dispatch on 20 SMs on another stream;
+reported value = wall time / max(alone times) (target <= 1.1).
+"""
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+import deepseek_ext as dx
+from deepseek_ext.ep.types import Handle
+from deepseek_ext.reference.quant import per_block_cast_to_fp8
+from report import OURS, make_row
+from timing import graph_time_ms
+
+TOKENS, HIDDEN, EXPERTS, TOPK, RANKS = 4096, 7168, 256, 8, 8
+SMS = (20, 24, 132)
+SHAPE = f"{TOKENS} tok x {HIDDEN}, top-{TOPK}/{EXPERTS}, {RANKS} ranks"
+
+
+def _routing() -> tuple[torch.Tensor, torch.Tensor]:
+    scores = torch.rand(TOKENS, EXPERTS, device="cuda")
+    idx = scores.topk(TOPK, dim=1).indices
+    return idx, torch.rand(TOKENS, TOPK, device="cuda")
+
+
+def _symmetric_handle(layout) -> tuple[Handle, int]:
+    """Rank 0's combine handle if every rank had rank 0's routing: it received, from every
+    source, the tokens that rank 0 sends to itself (the realistic combine traffic of one rank)."""
+    mine = layout.is_token_in_rank[:, 0].nonzero().squeeze(1)
+    src_rank = torch.arange(RANKS, device="cuda").repeat_interleave(mine.numel())
+    src_token = mine.repeat(RANKS)
+    n = src_rank.numel()
+    num_recv = torch.tensor([n, n], dtype=torch.int64, device="cuda")
+    return Handle(src_rank, src_token, (TOKENS,) * RANKS, is_token_in_rank=layout.is_token_in_rank,
+                  num_recv=num_recv), n
+
+
+def _rows(op: str, impl: str, ms: float, nbytes: int) -> dict:
+    return make_row("ep", op, SHAPE, impl, ms, nbytes / ms / 1e9, "TB/s")
+
+
+def _overlap_row(buffer, q, s, idx, w, layout, reps: int) -> dict:
+    """Wall time of the GEMM (112 SMs) and dispatch (20 SMs) on two streams over the longer alone."""
+    m, n, k = 4096, 7168, 2048
+    a, sa = dx.quant.per_token_cast_to_fp8(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
+    b, sb = per_block_cast_to_fp8(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
+    full = dx.get_num_sms()
+    dx.set_num_sms(112)
+    try:
+        graphs = {}
+        for name, fn in (("gemm", lambda: dx.gemm.fp8_gemm_nt(a, sa, b, sb)),
+                         ("dispatch", lambda: buffer.dispatch((q, s), idx, w, layout=layout))):
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream):
+                fn()
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=stream):
+                    fn()
+            graphs[name] = graph
+        streams = {name: torch.cuda.Stream() for name in graphs}
+
+        def run(names) -> float:
+            times = []
+            for _ in range(reps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                main = torch.cuda.current_stream()
+                start.record(main)
+                for name in names:
+                    streams[name].wait_event(start)
+                    with torch.cuda.stream(streams[name]):
+                        graphs[name].replay()
+                    main.wait_stream(streams[name])
+                end.record(main)
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            return statistics.median(times)
+
+        alone = {name: run([name]) for name in graphs}
+        both = run(list(graphs))
+    finally:
+        dx.set_num_sms(full)
+    ratio = both / max(alone.values())
+    print(f"bench ep overlap: gemm alone {alone['gemm']:.3f} ms, dispatch alone {alone['dispatch']:.3f} ms, "
+          f"together {both:.3f} ms -> {ratio:.3f}x the longer (target <= 1.1)")
+    return make_row("ep", "overlap gemm(112 SMs) + dispatch(20 SMs)", SHAPE, OURS, both, ratio, "x wall/max(alone)")
+
+
+def run(quick: bool) -> list[dict]:
+    reps = 10 if quick else 50
+    x = torch.randn(TOKENS, HIDDEN, device="cuda", dtype=torch.bfloat16)
+    q, s = dx.quant.per_token_cast_to_fp8(x, pow2_scale=True)
+    idx, w = _routing()
+    rows = []
+    overlap_buffer = None
+    for num_sms in SMS[:1] if quick else SMS:
+        buffer = dx.ep.Buffer.loopback(HIDDEN, EXPERTS, RANKS, TOKENS, num_sms=num_sms, worst_case=True)
+        layout = buffer.get_dispatch_layout(idx)
+        pairs = int(layout.num_tokens_per_rank.sum())
+        dispatch_bytes = pairs * (HIDDEN + s.shape[1] * 4)
+        ms = graph_time_ms(lambda: buffer.dispatch((q, s), idx, w, layout=layout), reps=reps)
+        rows.append(_rows(f"dispatch FP8 ({num_sms} SMs)", OURS, ms, dispatch_bytes))
+        handle, n = _symmetric_handle(layout)
+        y = torch.randn(n, HIDDEN, device="cuda", dtype=torch.bfloat16)
+        ms = graph_time_ms(lambda: buffer.combine(y, handle), reps=reps)
+        rows.append(_rows(f"combine bf16 ({num_sms} SMs)", OURS, ms, n * HIDDEN * 2))
+        if num_sms == 20:
+            overlap_buffer = (buffer, layout)
+        buffer.check_errors()
+
+    # Baselines in the same run: the same rows through torch's gather and scatter-add.
+    send_token = torch.cat([layout.is_token_in_rank[:, d].nonzero().squeeze(1) for d in range(RANKS)])
+    q_bytes = q.view(torch.uint8)
+    ms = graph_time_ms(lambda: torch.index_select(q_bytes, 0, send_token), reps=reps)
+    for num_sms in SMS[:1] if quick else SMS:
+        rows.append(_rows(f"dispatch FP8 ({num_sms} SMs)", "torch index_select (same rows)", ms, dispatch_bytes))
+    out = torch.zeros(TOKENS, HIDDEN, device="cuda", dtype=torch.bfloat16)
+    ms = graph_time_ms(lambda: out.index_add_(0, handle.src_token, y), reps=reps)
+    for num_sms in SMS[:1] if quick else SMS:
+        rows.append(_rows(f"combine bf16 ({num_sms} SMs)", "torch index_add_ (same rows)", ms, n * HIDDEN * 2))
+
+    buffer, layout = overlap_buffer
+    rows.append(_overlap_row(buffer, q, s, idx, w, layout, reps))
+    return rows

@@ -1,0 +1,227 @@
+// Launcher of the FP8 GEMM: checks, TMA descriptors, tile grid, launch.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cudaTypedefs.h>
+
+#include <atomic>
+
+#include "deepseek_ext/gemm/fp8_gemm_kernel.cuh"
+#include "deepseek_ext/gemm/geometry.cuh"
+#include "deepseek_ext/gemm/staging.cuh"
+#include "launch/gemm.h"
+
+namespace dx {
+
+namespace {
+
+using gemm::kBlockK;
+using gemm::kBlockM;
+
+constexpr int kGroupM = 8;       // M blocks per rasterization group (L2 reuse of B)
+constexpr int kDimMultiple = 16; // N, K: 16-byte e4m3 rows for TMA
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (the extension does not
+// link libcuda). Resolved once.
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* entry = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &entry, 12000,
+                                                             cudaEnableDefault, &found);
+    if (err != cudaSuccess || found != cudaDriverEntryPointSuccess) return PFN_cuTensorMapEncodeTiled_v12000{};
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(entry);
+  }();
+  return fn;
+}
+
+// Row-major tensor of `rank` (2 or 3) dims, dims[0] innermost, strides[i] (elements) of
+// dims[i + 1], read/written in boxes `box`; out-of-bounds elements read as zero and are not written.
+cudaError_t encode(CUtensorMap* map, CUtensorMapDataType type, int elem_bytes, const void* ptr, int rank,
+                   const int64_t (&dims)[3], const int64_t (&strides)[2], const int (&box)[3],
+                   CUtensorMapSwizzle swizzle) {
+  const auto fn = encode_tiled();
+  if (fn == nullptr) return cudaErrorNotSupported;
+  cuuint64_t global_dims[3], global_strides[2];
+  cuuint32_t box_dims[3];
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  for (int i = 0; i < rank; ++i) {
+    global_dims[i] = static_cast<cuuint64_t>(dims[i]);
+    box_dims[i] = static_cast<cuuint32_t>(box[i]);
+    if (i + 1 < rank) global_strides[i] = static_cast<cuuint64_t>(strides[i]) * elem_bytes;
+  }
+  const CUresult res = fn(map, type, rank, const_cast<void*>(ptr), global_dims, global_strides, box_dims,
+                          element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return res == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// 2-D tensor [outer, inner] with row stride `ld` elements.
+cudaError_t encode_2d(CUtensorMap* map, CUtensorMapDataType type, int elem_bytes, const void* ptr,
+                      int64_t inner, int64_t outer, int64_t ld, int box_inner, int box_outer,
+                      CUtensorMapSwizzle swizzle) {
+  return encode(map, type, elem_bytes, ptr, 2, {inner, outer, 1}, {ld, 0}, {box_inner, box_outer, 1}, swizzle);
+}
+
+bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// Raises a kernel's dynamic shared-memory limit once per device (the setting is per device);
+// `done_devices` is that kernel's own bitmask of devices already set.
+cudaError_t allow_shared_memory(const void* kernel, int bytes, std::atomic<uint64_t>& done_devices) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (done_devices.load(std::memory_order_relaxed) & bit)) return cudaSuccess;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err == cudaSuccess) done_devices.fetch_or(bit, std::memory_order_relaxed);
+  return err;
+}
+
+struct Operands {
+  CUtensorMap a, b, sa, sb, d;
+  gemm::GemmParams params;
+};
+
+template <typename OutT, int kBlockN, bool kSbPerRow>
+cudaError_t launch_typed(const Operands& ops, int ctas, cudaStream_t stream) {
+  static std::atomic<uint64_t> smem_set_devices{0};  // one mask per kernel instantiation
+  const auto kernel = gemm::fp8_gemm_nt_kernel<OutT, kBlockN, kSbPerRow>;
+  constexpr int smem_bytes = gemm::layout_for(sizeof(OutT), kBlockN).request_bytes();
+  const cudaError_t err =
+      allow_shared_memory(reinterpret_cast<const void*>(kernel), smem_bytes, smem_set_devices);
+  if (err != cudaSuccess) return err;
+  kernel<<<ctas, gemm::kThreads, smem_bytes, stream>>>(ops.a, ops.b, ops.sa, ops.sb, ops.d, ops.params);
+  return cudaGetLastError();
+}
+
+template <typename OutT, int kBlockN>
+cudaError_t launch_scales(const Operands& ops, bool sb_per_row, int ctas, cudaStream_t stream) {
+  return sb_per_row ? launch_typed<OutT, kBlockN, true>(ops, ctas, stream)
+                    : launch_typed<OutT, kBlockN, false>(ops, ctas, stream);
+}
+
+template <typename OutT>
+cudaError_t launch_out(const Operands& ops, int block_n, bool sb_per_row, int ctas, cudaStream_t stream) {
+  return block_n == 64 ? launch_scales<OutT, 64>(ops, sb_per_row, ctas, stream)
+                       : launch_scales<OutT, 128>(ops, sb_per_row, ctas, stream);
+}
+
+// Pointers of one launch; their shapes are in a gemm::GemmGeometry.
+struct GemmPointers {
+  const void* a;
+  const float* sa;
+  const void* b;
+  const float* sb;
+  void* d;
+  int d_dtype;
+  const float* c;  // optional fp32, shaped like d
+};
+
+bool positive_int32(int64_t v) { return v > 0 && v <= INT32_MAX; }
+
+cudaError_t launch_gemm(const GemmPointers& p, const gemm::GemmGeometry& geometry, int num_sms, cudaStream_t stream) {
+  const bool bf16_out = static_cast<DType>(p.d_dtype) == DType::kBF16;
+  if (!bf16_out && static_cast<DType>(p.d_dtype) != DType::kF32) return cudaErrorInvalidValue;
+  if (num_sms < 1) return cudaErrorInvalidValue;
+  const int out_bytes = bf16_out ? 2 : 4;
+  const int block_n = gemm::choose_block_n(geometry.heuristic_m, geometry.sched.n, num_sms);
+  const gemm::GemmGeometry g = gemm::with_tiles(geometry, block_n, kGroupM);
+  const int64_t m = g.sched.m, n = g.sched.n, k = g.sched.k;
+  if (int64_t{g.sched.groups} * ceil_div(m, kBlockM) * ceil_div(n, block_n) > INT32_MAX) {
+    return cudaErrorInvalidValue;
+  }
+  CUtensorMap map_a, map_b, map_sa, map_sb{}, map_d;
+  cudaError_t err;
+  const auto e4m3 = CU_TENSOR_MAP_DATA_TYPE_UINT8;
+  const auto f32 = CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+  const auto sw128 = CU_TENSOR_MAP_SWIZZLE_128B;
+  const auto plain = CU_TENSOR_MAP_SWIZZLE_NONE;
+  if ((err = encode_2d(&map_a, e4m3, 1, p.a, k, g.a_rows, g.lda, kBlockK, kBlockM, sw128)) != cudaSuccess ||
+      (err = encode_2d(&map_b, e4m3, 1, p.b, k, g.b_rows, g.ldb, kBlockK, block_n, sw128)) != cudaSuccess ||
+      (err = encode_2d(&map_sa, f32, 4, p.sa, g.sa_cols, g.sa_rows, g.ld_sa, kBlockM, 1, plain)) != cudaSuccess ||
+      (g.sb_per_row && (err = encode_2d(&map_sb, f32, 4, p.sb, n, ceil_div(k, kBlockK), g.ld_sb, block_n, 1,
+                                        plain)) != cudaSuccess) ||
+      (err = encode(&map_d, bf16_out ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : f32, out_bytes, p.d, 3,
+                    {n, m, g.out_groups}, {n, m * n}, {gemm::strip_cols(out_bytes), gemm::kWgRows, 1},
+                    sw128)) != cudaSuccess) {
+    return err;
+  }
+  const Operands ops{map_a, map_b, map_sa, map_sb, map_d,
+                     gemm::GemmParams{g.sb_per_row ? nullptr : p.sb, g.ld_sb, p.c, g.sched}};
+  const int ctas = gemm::persistent_ctas(g.sched.tiles(), num_sms);
+  return bf16_out ? launch_out<__nv_bfloat16>(ops, block_n, g.sb_per_row, ctas, stream)
+                  : launch_out<float>(ops, block_n, g.sb_per_row, ctas, stream);
+}
+
+// Checks shared by every kind: N and K whole 16-byte e4m3 rows, 16-byte aligned tensors.
+bool bad_common(const void* a, const float* sa, const void* b, const float* sb, bool sb_per_row, const void* d,
+                const float* c, int64_t n, int64_t k) {
+  return n % kDimMultiple != 0 || k % kDimMultiple != 0 || !positive_int32(n) || !positive_int32(k) ||
+         !aligned(a, 16) || !aligned(b, 16) || !aligned(sa, 16) || !aligned(sb, sb_per_row ? 16 : 4) ||
+         !aligned(d, 16) || !aligned(c, 16);
+}
+
+}  // namespace
+
+cudaError_t launch_fp8_gemm_nt(const void* a, int64_t lda, const float* sa, int64_t ld_sa,
+                               const void* b, int64_t ldb, const float* sb, int64_t ld_sb,
+                               bool sb_per_row, void* d, int d_dtype, const float* c, int64_t m,
+                               int64_t n, int64_t k, int num_sms, cudaStream_t stream) {
+  if (m < 0 || n < 0 || k < 0) return cudaErrorInvalidValue;
+  if (m == 0 || n == 0) return cudaSuccess;
+  const int64_t k_blocks = ceil_div(k, kBlockK);
+  const bool bad_strides = lda < k || lda % 16 != 0 || ldb < k || ldb % 16 != 0 || ld_sa < m ||
+                           ld_sa % kScaleRowAlign != 0 ||
+                           (sb_per_row ? ld_sb < n || ld_sb % kScaleRowAlign != 0 : ld_sb < k_blocks);
+  if (!positive_int32(m) || bad_strides || bad_common(a, sa, b, sb, sb_per_row, d, c, n, k)) {
+    return cudaErrorInvalidValue;
+  }
+  return launch_gemm({a, sa, b, sb, d, d_dtype, c},
+                     gemm::dense_geometry(m, n, k, lda, ld_sa, ldb, ld_sb, sb_per_row), num_sms, stream);
+}
+
+cudaError_t launch_m_grouped_fp8_gemm_nt_contiguous(const void* a, const float* sa, int64_t ld_sa,
+                                                    const void* b, const float* sb, const int* m_indices,
+                                                    void* d, int d_dtype, int64_t m, int64_t n, int64_t k,
+                                                    int64_t groups, int num_sms, cudaStream_t stream) {
+  if (m < 0 || n < 0 || k < 0 || groups < 0) return cudaErrorInvalidValue;
+  if (m == 0 || n == 0) return cudaSuccess;
+  const bool bad = !positive_int32(m) || m % kBlockM != 0 || !positive_int32(groups) ||
+                   !positive_int32(groups * n) || ld_sa < m || ld_sa % kScaleRowAlign != 0 ||
+                   m_indices == nullptr || bad_common(a, sa, b, sb, false, d, nullptr, n, k);
+  if (bad) return cudaErrorInvalidValue;
+  return launch_gemm({a, sa, b, sb, d, d_dtype, nullptr},
+                     gemm::m_contiguous_geometry(m, n, k, groups, ld_sa, m_indices), num_sms, stream);
+}
+
+cudaError_t launch_m_grouped_fp8_gemm_nt_masked(const void* a, const float* sa, int64_t ld_sa, const void* b,
+                                                const float* sb, const int* masked_m, void* d, int d_dtype,
+                                                int64_t groups, int64_t m_max, int64_t n, int64_t k,
+                                                int64_t expected_m, int num_sms, cudaStream_t stream) {
+  if (groups < 0 || m_max < 0 || n < 0 || k < 0 || expected_m < 1) return cudaErrorInvalidValue;
+  if (groups == 0 || m_max == 0 || n == 0) return cudaSuccess;
+  const int64_t k_blocks = ceil_div(k, kBlockK);
+  const bool bad = !positive_int32(groups * m_max) || !positive_int32(groups * n) ||
+                   !positive_int32(groups * k_blocks) || ld_sa < m_max || ld_sa % kScaleRowAlign != 0 ||
+                   masked_m == nullptr || bad_common(a, sa, b, sb, false, d, nullptr, n, k);
+  if (bad) return cudaErrorInvalidValue;
+  return launch_gemm({a, sa, b, sb, d, d_dtype, nullptr},
+                     gemm::m_masked_geometry(groups, m_max, n, k, ld_sa, expected_m, masked_m), num_sms, stream);
+}
+
+cudaError_t launch_k_grouped_fp8_gemm_tn_contiguous(const void* a, const float* sa, int64_t ld_sa,
+                                                    const void* b, const float* sb, int64_t ld_sb,
+                                                    const int* k_offsets, float* d, const float* c,
+                                                    int64_t groups, int64_t m, int64_t n, int64_t k,
+                                                    int num_sms, cudaStream_t stream) {
+  if (groups < 0 || m < 0 || n < 0 || k < 0) return cudaErrorInvalidValue;
+  if (groups == 0 || m == 0 || n == 0) return cudaSuccess;
+  const bool bad = !positive_int32(m) || k % kBlockK != 0 || !positive_int32(groups) || ld_sa < m ||
+                   ld_sa % kScaleRowAlign != 0 || ld_sb < n || ld_sb % kScaleRowAlign != 0 ||
+                   k_offsets == nullptr || bad_common(a, sa, b, sb, true, d, c, n, k);
+  if (bad) return cudaErrorInvalidValue;
+  return launch_gemm({a, sa, b, sb, d, static_cast<int>(DType::kF32), c},
+                     gemm::k_grouped_geometry(groups, m, n, k, ld_sa, ld_sb, k_offsets), num_sms, stream);
+}
+
+}  // namespace dx

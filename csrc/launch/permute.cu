@@ -1,0 +1,79 @@
+// Launchers of the grouped-layout kernels (permute/unpermute).
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "deepseek_ext/permute/copy_rows.cuh"
+#include "deepseek_ext/permute/grouped_layout.cuh"
+#include "deepseek_ext/permute/unpermute.cuh"
+#include "launch/permute.h"
+
+namespace dx {
+
+namespace {
+
+constexpr int64_t kMaxGrid = 1 << 20;  // grid-stride loops cover the rest
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+int grid_for(int64_t items, int per_cta) { return static_cast<int>(std::min(ceil_div(items, per_cta), kMaxGrid)); }
+
+}  // namespace
+
+cudaError_t launch_count_experts(const int64_t* topk_idx, int64_t pairs, int num_experts, int* counts,
+                                 int* inverse_map, cudaStream_t stream) {
+  if (pairs < 0 || num_experts < 1) return cudaErrorInvalidValue;
+  if (pairs == 0) return cudaSuccess;
+  permute::count_experts_kernel<<<grid_for(pairs, permute::kCountThreads), permute::kCountThreads, 0, stream>>>(
+      topk_idx, pairs, num_experts, counts, inverse_map);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_grouped_layout(const int64_t* topk_idx, int64_t pairs, int topk, const int* counts,
+                                  int num_experts, int alignment, int* row_token, int* m_indices,
+                                  int* inverse_map, cudaStream_t stream) {
+  if (pairs < 0 || topk < 1 || num_experts < 1 || alignment < 1) return cudaErrorInvalidValue;
+  if (pairs == 0) return cudaSuccess;
+  permute::grouped_layout_kernel<<<num_experts, permute::kLayoutThreads, 0, stream>>>(
+      topk_idx, pairs, topk, counts, alignment, row_token, m_indices, inverse_map);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_permute_rows(const void* x, int64_t row_bytes, const float* sx, int64_t ld_sx, int scale_cols,
+                                const int* row_token, int64_t rows, void* out, float* s_out, int64_t ld_s_out,
+                                cudaStream_t stream) {
+  if (rows < 0 || row_bytes < 0 || row_bytes % 16 != 0 || !aligned16(x) || !aligned16(out)) {
+    return cudaErrorInvalidValue;
+  }
+  if (sx != nullptr && (scale_cols < 0 || ld_s_out < rows || s_out == nullptr)) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  permute::permute_rows_kernel<<<grid_for(rows, permute::kCopyRowsPerCta), permute::kCopyThreads, 0, stream>>>(
+      static_cast<const uint8_t*>(x), row_bytes, sx, ld_sx, scale_cols, row_token, rows,
+      static_cast<uint8_t*>(out), s_out, ld_s_out);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_unpermute(const void* y, int y_dtype, const int* inverse_map, const float* weights,
+                             int64_t tokens, int topk, int64_t hidden, void* out, cudaStream_t stream) {
+  if (tokens < 0 || topk < 0 || hidden < 0 || hidden % 8 != 0 || !aligned16(y) || !aligned16(out)) {
+    return cudaErrorInvalidValue;
+  }
+  if (tokens == 0 || hidden == 0) return cudaSuccess;
+  const int grid = grid_for(tokens, 1);
+  auto* dst = static_cast<__nv_bfloat16*>(out);
+  switch (static_cast<DType>(y_dtype)) {
+    case DType::kBF16:
+      permute::unpermute_kernel<<<grid, permute::kUnpermuteThreads, 0, stream>>>(
+          static_cast<const __nv_bfloat16*>(y), inverse_map, weights, tokens, topk, hidden, dst);
+      break;
+    case DType::kF32:
+      permute::unpermute_kernel<<<grid, permute::kUnpermuteThreads, 0, stream>>>(
+          static_cast<const float*>(y), inverse_map, weights, tokens, topk, hidden, dst);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace dx

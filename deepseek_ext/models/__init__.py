@@ -1,0 +1,8 @@
+"""dx.models: the DeepSeek-V3 model, its configurations and its cost figures."""
+from deepseek_ext.models.config import DeepSeekV3Config
+from deepseek_ext.models.counting import flops_per_token, param_counts
+from deepseek_ext.models.deepseek_v3 import DeepSeekV3, ModelOutput
+from deepseek_ext.models.generation import Generation, generate
+
+__all__ = ["DeepSeekV3", "DeepSeekV3Config", "Generation", "ModelOutput", "flops_per_token", "generate",
+           "param_counts"]

@@ -1,0 +1,154 @@
+"""GPU tests of the hand-written FP8 GEMM kernel (dx.gemm.fp8_gemm_nt on sm_90) against a float64
+product of the dequantized FP8 operands."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import deepseek_ext as dx
+from deepseek_ext.ops import _gemm_kernels, _launch
+from deepseek_ext.reference.metrics import calc_diff
+from deepseek_ext.reference.quant import GROUP, per_block_cast_to_fp8
+
+pytestmark = pytest.mark.gpu
+
+_TOLERANCE = {torch.bfloat16: 1e-5, torch.float32: 1e-6}
+
+
+def _random(rows: int, cols: int) -> torch.Tensor:
+    """Normal values with per-row magnitudes spread over decades, so the scales differ."""
+    x = torch.randn(rows, cols, device="cuda")
+    return (x * torch.exp(torch.randn(rows, 1, device="cuda"))).to(torch.bfloat16)
+
+
+def _operands(m: int, n: int, k: int, b_per_row: bool):
+    a, sa = dx.quant.per_token_cast_to_fp8(_random(m, k))
+    w = _random(n, k)
+    b, sb = dx.quant.per_token_cast_to_fp8(w) if b_per_row else per_block_cast_to_fp8(w)
+    return a, sa, b, sb
+
+
+def _dequantize64(q: torch.Tensor, s: torch.Tensor, rows_per_scale: int) -> torch.Tensor:
+    scale = s.double().repeat_interleave(GROUP, dim=1)[:, : q.shape[1]]
+    scale = scale.repeat_interleave(rows_per_scale, dim=0)[: q.shape[0]]
+    return q.double() * scale
+
+
+def _reference64(a, sa, b, sb, c=None) -> torch.Tensor:
+    b_per_row = sb.shape[0] == b.shape[0]
+    out = _dequantize64(a, sa, 1) @ _dequantize64(b, sb, 1 if b_per_row else GROUP).T
+    return out if c is None else out + c.double()
+
+
+SHAPES = [(1, 16, 16), (7, 144, 272), (64, 128, 128), (128, 528, 1040), (200, 2112, 7168),
+          (4096, 4096, 7168), (4096, 7168, 2048), (8192, 1040, 512)]
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("b_per_row", [False, True], ids=["sb128x128", "sb1x128"])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_fp8_gemm_nt_matches_float64(m, n, k, b_per_row, out_dtype):
+    a, sa, b, sb = _operands(m, n, k, b_per_row)
+    out = dx.gemm.fp8_gemm_nt(a, sa, b, sb, out_dtype=out_dtype)
+    assert out.shape == (m, n) and out.dtype == out_dtype
+    assert torch.isfinite(out).all()
+    assert calc_diff(out, _reference64(a, sa, b, sb)) < _TOLERANCE[out_dtype]
+
+
+@pytest.mark.parametrize("m,n,k", [(7, 144, 272), (200, 2112, 7168), (4096, 528, 1040)])
+@pytest.mark.parametrize("b_per_row", [False, True], ids=["sb128x128", "sb1x128"])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_fp8_gemm_nt_accumulates_c(m, n, k, b_per_row, out_dtype):
+    a, sa, b, sb = _operands(m, n, k, b_per_row)
+    ref = _reference64(a, sa, b, sb)
+    c = (torch.randn(m, n, device="cuda") * ref.abs().mean()).float()
+    out = dx.gemm.fp8_gemm_nt(a, sa, b, sb, out_dtype=out_dtype, c=c)
+    assert calc_diff(out, ref + c.double()) < _TOLERANCE[out_dtype]
+
+
+def test_fp8_gemm_nt_m_8192_square():
+    a, sa, b, sb = _operands(8192, 8192, 8192, False)
+    out = dx.gemm.fp8_gemm_nt(a, sa, b, sb)
+    assert calc_diff(out, _reference64(a, sa, b, sb)) < _TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 16, 16), (200, 144, 272), (333, 2112, 1040)])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("with_c", [False, True], ids=["plain", "c"])
+def test_kernel_writes_every_output_element(m, n, k, out_dtype, with_c):
+    a, sa, b, sb = _operands(m, n, k, False)
+    c = torch.randn(m, n, device="cuda") if with_c else None
+    out = torch.full((m, n), float("nan"), dtype=out_dtype, device="cuda")
+    _gemm_kernels.fp8_gemm_nt(a, sa, b, sb, out, c)
+    assert torch.isfinite(out).all()
+    assert calc_diff(out, _reference64(a, sa, b, sb, c)) < _TOLERANCE[out_dtype]
+
+
+@pytest.fixture
+def restore_num_sms():
+    from deepseek_ext import _backend
+    saved = _backend._num_sms
+    yield
+    _backend._num_sms = saved
+
+
+# The launcher picks the tile width from (M, N, num_sms); these shapes keep one width for every
+# SM count listed (128 wide, then 64 wide), so the results must be bitwise identical.
+@pytest.mark.parametrize("m,n,k,sm_counts", [(4096, 2112, 1040, (20, 112, 1)), (128, 528, 1040, (20, 112))],
+                         ids=["wide_tiles", "narrow_tiles"])
+@pytest.mark.parametrize("b_per_row", [False, True], ids=["sb128x128", "sb1x128"])
+def test_num_sms_does_not_change_results(restore_num_sms, m, n, k, sm_counts, b_per_row):
+    a, sa, b, sb = _operands(m, n, k, b_per_row)
+    c = torch.randn(m, n, device="cuda")
+    full = dx.gemm.fp8_gemm_nt(a, sa, b, sb, out_dtype=torch.float32, c=c)
+    for num_sms in sm_counts:
+        dx.set_num_sms(num_sms)
+        assert torch.equal(dx.gemm.fp8_gemm_nt(a, sa, b, sb, out_dtype=torch.float32, c=c), full)
+
+
+def test_cuda_graph_replay_reads_new_inputs():
+    m, n, k = 256, 528, 1040
+    a, sa, b, sb = _operands(m, n, k, False)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        dx.gemm.fp8_gemm_nt(a, sa, b, sb)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = dx.gemm.fp8_gemm_nt(a, sa, b, sb)
+    a2, sa2, b2, sb2 = _operands(m, n, k, False)
+    a.copy_(a2), sa.copy_(sa2), b.copy_(b2), sb.copy_(sb2)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, dx.gemm.fp8_gemm_nt(a, sa, b, sb))
+    assert calc_diff(out, _reference64(a, sa, b, sb)) < _TOLERANCE[torch.bfloat16]
+
+
+def _raw_call(a, sa, b, sb, out, **overrides):
+    (m, k), n = a.shape, b.shape[0]
+    args = dict(a=a.data_ptr(), lda=k, sa=sa.data_ptr(), ld_sa=sa.stride(-1), b=b.data_ptr(), ldb=k,
+                sb=sb.data_ptr(), ld_sb=sb.shape[1], sb_per_row=False, d=out.data_ptr(),
+                d_dtype=_launch.DTYPE_CODE[out.dtype], c=0, m=m, n=n, k=k, num_sms=dx.get_num_sms(),
+                stream=_launch.stream_handle(a))
+    args.update(overrides)
+    _launch.call("fp8_gemm_nt", *args.values())
+
+
+@pytest.mark.parametrize("override", [
+    dict(n=120), dict(k=200), dict(k=0), dict(num_sms=0), dict(ld_sa=130), dict(lda=100),
+    dict(d_dtype=_launch.DTYPE_CODE[torch.float8_e4m3fn]), dict(m=-1)])
+def test_launcher_rejects_bad_arguments(override):
+    a, sa, b, sb = _operands(128, 128, 256, False)
+    out = torch.empty(128, 128, dtype=torch.bfloat16, device="cuda")
+    with pytest.raises(RuntimeError, match="fp8_gemm_nt failed: invalid argument"):
+        _raw_call(a, sa, b, sb, out, **override)
+
+
+def test_launcher_rejects_misaligned_pointers():
+    a, sa, b, sb = _operands(128, 128, 256, False)
+    out = torch.empty(128, 128, dtype=torch.bfloat16, device="cuda")
+    for name in ("a", "b", "d"):
+        ptr = {"a": a, "b": b, "d": out}[name].data_ptr() + 8
+        with pytest.raises(RuntimeError, match="fp8_gemm_nt failed: invalid argument"):
+            _raw_call(a, sa, b, sb, out, **{name: ptr})

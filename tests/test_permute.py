@@ -1,0 +1,284 @@
+"""dx.gemm.permute_to_grouped / unpermute_from_grouped: the reference against loops written
+here from the layout's definition and against dx.ep's expanded layout, the ops' validation,
+torch.library registration, and (GPU) the kernels bitwise against the reference."""
+import pytest
+import torch
+
+import deepseek_ext as dx
+from deepseek_ext.reference import ep
+from deepseek_ext.reference import permute as ref
+from deepseek_ext.reference.quant import GROUP, ceil_div
+
+OPCHECK_TESTS = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def routing(tokens, num_experts, topk, empty_fraction=0.2, device="cpu"):
+    """Distinct experts per token, some slots -1."""
+    idx = torch.rand(tokens, num_experts).argsort(dim=1)[:, :topk]
+    idx[torch.rand(tokens, topk) < empty_fraction] = -1
+    return idx.to(device)
+
+
+ROUTINGS = {
+    "random": lambda: routing(37, 6, 3),
+    "empty experts": lambda: routing(20, 9, 2).clamp(max=3),  # experts 4..8 get nothing
+    "one token per expert": lambda: torch.tensor([[0, -1], [1, 2], [-1, 3]]),
+    "all in one expert": lambda: torch.full((50, 1), 2),
+    "no tokens": lambda: torch.zeros(0, 2, dtype=torch.int64),
+    "all slots empty": lambda: torch.full((5, 2), -1),
+}
+
+
+def expected_layout(topk_idx, num_experts, alignment):
+    """(row_token, row_slot, experts) lists: experts ascending, tokens ascending, -1 padding."""
+    tokens, slots, experts = [], [], []
+    for e in range(num_experts):
+        pairs = [(t, j) for t, row in enumerate(topk_idx.tolist()) for j, x in enumerate(row) if x == e]
+        pad = -len(pairs) % alignment
+        tokens += [t for t, _ in pairs] + [-1] * pad
+        slots += [j for _, j in pairs] + [-1] * pad
+        experts += [e] * len(pairs) + [-1] * pad
+    return tokens, slots, experts
+
+
+@pytest.mark.parametrize("name", ROUTINGS)
+@pytest.mark.parametrize("alignment", [1, 4, 128])
+def test_layout_matches_definition(name, alignment):
+    topk_idx = ROUTINGS[name]()
+    num_experts = 9
+    layout = ref.grouped_layout(topk_idx, num_experts, alignment)
+    tokens, slots, experts = expected_layout(topk_idx, num_experts, alignment)
+    assert layout.row_token.tolist() == tokens and layout.row_slot.tolist() == slots
+    assert layout.m_indices.dtype == torch.int32 and layout.m_indices.tolist() == experts
+    assert sum(layout.counts) == len(tokens) and all(c % alignment == 0 for c in layout.counts)
+    assert layout.inverse_map.shape == topk_idx.shape and layout.inverse_map.dtype == torch.int32
+    for t, row in enumerate(topk_idx.tolist()):
+        for j, e in enumerate(row):
+            r = int(layout.inverse_map[t, j])
+            assert (r == -1) if e < 0 else (tokens[r] == t and slots[r] == j and experts[r] == e)
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("name", ["random", "empty experts", "all in one expert", "no tokens"])
+def test_permute_equals_single_rank_ep_dispatch(fp8, name):
+    topk_idx = ROUTINGS[name]()
+    num_experts, hidden = 9, 272
+    x = torch.randn(topk_idx.shape[0], hidden).bfloat16()
+    weights = torch.rand(topk_idx.shape)
+    inputs = dx.quant.per_token_cast_to_fp8(x) if fp8 else x
+    x_in, s_in = inputs if fp8 else (x, None)
+    rows, scales, m_indices, inverse_map = dx.gemm.permute_to_grouped(x_in, s_in, topk_idx, num_experts, 128)
+    (dispatched,) = ep.dispatch([inputs], [topk_idx], [weights], num_experts, expert_alignment=128)
+    assert torch.equal(rows.view(torch.uint8) if fp8 else rows,
+                       dispatched.x.view(torch.uint8) if fp8 else dispatched.x)
+    assert torch.equal(m_indices, dispatched.m_indices)
+    if fp8:
+        assert torch.equal(scales, dispatched.x_scales) and scales.stride(0) == 1
+    else:
+        assert scales is None and dispatched.x_scales is None
+    assert inverse_map.shape == topk_idx.shape
+
+
+def test_permute_rows_copy_tokens_and_pad_with_zeros():
+    topk_idx = ROUTINGS["random"]()
+    x, s = dx.quant.per_token_cast_to_fp8(torch.randn(37, 304).bfloat16() * 3)
+    rows, scales, m_indices, inverse_map = dx.gemm.permute_to_grouped(x, s, topk_idx, 6, alignment=16)
+    tokens, _, _ = expected_layout(topk_idx, 6, 16)
+    for r, t in enumerate(tokens):
+        want = x[t].view(torch.uint8) if t >= 0 else torch.zeros(304, dtype=torch.uint8)
+        assert torch.equal(rows[r].view(torch.uint8), want)
+        assert torch.equal(scales[r], s[t] if t >= 0 else torch.zeros(ceil_div(304, GROUP)))
+
+
+def unpermute_by_loops(y, inverse_map, weights):
+    out = torch.zeros(inverse_map.shape[0], y.shape[1], dtype=torch.float32)
+    for t in range(inverse_map.shape[0]):
+        for j in range(inverse_map.shape[1]):
+            r = int(inverse_map[t, j])
+            if r >= 0:
+                out[t] = out[t] + y[r].float() * weights[t, j]
+    return out.bfloat16()
+
+
+@pytest.mark.parametrize("name", ROUTINGS)
+@pytest.mark.parametrize("y_dtype", [torch.bfloat16, torch.float32])
+def test_unpermute_fixed_order_sum(name, y_dtype):
+    topk_idx = ROUTINGS[name]()
+    _, _, _, inverse_map = ref.permute_to_grouped(torch.randn(topk_idx.shape[0], 64).bfloat16(), None, topk_idx, 9, 8)
+    rows = int(inverse_map.max()) + 1 if inverse_map.numel() else 0
+    y = (torch.randn(rows + 3, 64) * 10).to(y_dtype)
+    weights = torch.rand(topk_idx.shape)
+    out = dx.gemm.unpermute_from_grouped(y, inverse_map, weights)
+    assert out.dtype == torch.bfloat16 and out.shape == (topk_idx.shape[0], 64)
+    assert torch.equal(out, unpermute_by_loops(y, inverse_map, weights))
+
+
+def test_permute_then_unpermute_is_weighted_moe_of_identity_experts():
+    topk_idx = ROUTINGS["random"]()
+    x = torch.randn(37, 128).bfloat16()
+    weights = torch.rand(topk_idx.shape)
+    rows, _, _, inverse_map = dx.gemm.permute_to_grouped(x, None, topk_idx, 6)
+    out = dx.gemm.unpermute_from_grouped(rows, inverse_map, weights)
+    expected = (x.float() * torch.where(topk_idx >= 0, weights, 0.0).sum(1, keepdim=True)).bfloat16()
+    torch.testing.assert_close(out, expected, atol=0, rtol=2 ** -7)
+
+
+def test_non_contiguous_routing_and_int32_ids():
+    topk_idx = ROUTINGS["random"]()
+    x = torch.randn(37, 64).bfloat16()
+    wide = torch.full((37, 6), 5, dtype=torch.int32)
+    wide[:, ::2] = topk_idx.int()
+    got = dx.gemm.permute_to_grouped(x, None, wide[:, ::2], 6)
+    want = ref.permute_to_grouped(x, None, topk_idx, 6, 128)
+    for g, w in zip(got, want):
+        assert (g is None and w is None) or torch.equal(g, w)
+
+
+def test_permute_rejects():
+    x = torch.randn(8, 256).bfloat16()
+    q, s = dx.quant.per_token_cast_to_fp8(x)
+    idx = routing(8, 4, 2)
+    cases = [
+        ((x.float(), None, idx, 4), TypeError, r"x must have dtype in \(bfloat16, float8_e4m3fn\), got float32"),
+        ((x[0], None, idx, 4), ValueError, r"x must be 2-D"),
+        ((x[:, ::2], None, idx, 4), ValueError, r"x must be contiguous"),
+        ((x[:, :4].contiguous(), None, idx, 4), ValueError,
+         r"x.shape\[1\] \* element size \(bytes\) must be a multiple of 16, got 8"),
+        ((q, None, idx, 4), ValueError, r"x_scales is required when x is float8_e4m3fn"),
+        ((x, s, idx, 4), ValueError, r"x_scales must be None when x is bfloat16"),
+        ((q, s.contiguous(), idx, 4), ValueError, r"x_scales must be stored M-major"),
+        ((q, s[:4], idx, 4), ValueError, r"x_scales must have shape \(8, 2\), got \(4, 2\)"),
+        ((x, None, idx.float(), 4), TypeError, r"topk_idx must have dtype in \(int64, int32\)"),
+        ((x, None, idx[:, 0], 4), ValueError, r"topk_idx must be 2-D"),
+        ((x, None, idx[:5], 4), ValueError, r"topk_idx.shape\[0\] must equal x.shape\[0\]=8, got 5"),
+        ((x, None, idx, 0), ValueError, r"num_experts must be >= 1, got 0"),
+        ((x, None, idx, 4.0), TypeError, r"num_experts must be an int, got float"),
+        ((x, None, idx, 3), ValueError, r"topk_idx values must be in \[-1, 2\], got min -?\d+ and max 3"),
+        ((x, None, idx - 1, 4), ValueError, r"topk_idx values must be in \[-1, 3\], got min -2"),
+    ]
+    for args, error, message in cases:
+        with pytest.raises(error, match=message):
+            dx.gemm.permute_to_grouped(*args)
+    with pytest.raises(ValueError, match=r"alignment must be >= 1, got 0"):
+        dx.gemm.permute_to_grouped(x, None, idx, 4, alignment=0)
+    with pytest.raises(TypeError, match=r"alignment must be an int, got bool"):
+        dx.gemm.permute_to_grouped(x, None, idx, 4, alignment=True)
+
+
+def test_unpermute_rejects():
+    idx = routing(8, 4, 2)
+    y, _, _, inv = ref.permute_to_grouped(torch.randn(8, 64).bfloat16(), None, idx, 4, 4)
+    w = torch.rand(8, 2)
+    cases = [
+        ((y.half(), inv, w), TypeError, r"y must have dtype in \(bfloat16, float32\), got float16"),
+        ((y[0], inv, w), ValueError, r"y must be 2-D"),
+        ((y[:, ::2], inv, w), ValueError, r"y must be contiguous"),
+        ((y[:, :12].contiguous(), inv, w), ValueError, r"y.shape\[1\] \(H\) must be a multiple of 8, got 12"),
+        ((y, inv.long(), w), TypeError, r"inverse_map must have dtype in \(int32\)"),
+        ((y, inv.t(), w.t()), ValueError, r"inverse_map must be contiguous"),
+        ((y, inv, w.double()), TypeError, r"topk_weights must have dtype in \(float32\)"),
+        ((y, inv, w[:4]), ValueError, r"topk_weights must have shape \(8, 2\), got \(4, 2\)"),
+        ((y, inv, w.t().contiguous().t()), ValueError, r"topk_weights must be contiguous"),
+        ((y, inv + y.shape[0], w), ValueError, rf"inverse_map values must be in \[-1, {y.shape[0] - 1}\]"),
+        ((y, inv - 1, w), ValueError, r"inverse_map values must be in \[-1, \d+\], got min -2"),
+    ]
+    for args, error, message in cases:
+        with pytest.raises(error, match=message):
+            dx.gemm.unpermute_from_grouped(*args)
+
+
+def op_cases():
+    idx = routing(9, 5, 3)
+    x = torch.randn(9, 256).bfloat16()
+    q, s = dx.quant.per_token_cast_to_fp8(x)
+    no_scales = torch.empty(0, 9).t()
+    yield torch.ops.deepseek_ext.permute_to_grouped.default, (x, no_scales, idx, 5, 8)
+    yield torch.ops.deepseek_ext.permute_to_grouped.default, (q, s, idx, 5, 128)
+    _, _, _, inv = ref.permute_to_grouped(x, None, idx, 5, 8)
+    y = torch.randn(int(inv.max()) + 1, 256)
+    yield torch.ops.deepseek_ext.unpermute_from_grouped.default, (y, inv, torch.rand(9, 3), True)
+
+
+@pytest.mark.parametrize("op, args", list(op_cases()), ids=["permute-bf16", "permute-fp8", "unpermute"])
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args, test_utils=OPCHECK_TESTS)
+
+
+def test_compile_fullgraph_matches_eager():
+    idx = routing(21, 5, 2)
+    q, s = dx.quant.per_token_cast_to_fp8(torch.randn(21, 256))
+    weights = torch.rand(21, 2)
+
+    def moe_glue(q, s, idx, weights):
+        rows, scales, m_indices, inverse_map = dx.gemm.permute_to_grouped(q, s, idx, 5, 16)
+        y = rows.float() * scales.repeat_interleave(GROUP, dim=1)
+        return dx.gemm.unpermute_from_grouped(y, inverse_map, weights), m_indices
+
+    compiled = torch.compile(moe_glue, fullgraph=True)
+    for got, want in zip(compiled(q, s, idx, weights), moe_glue(q, s, idx, weights)):
+        assert torch.equal(got, want)
+
+
+# --- GPU: kernels bitwise against the reference ----------------------------------------------
+
+GPU_ROUTINGS = [(4096, 64, 8, 0.0), (1000, 9, 3, 0.3), (1, 4, 2, 0.0), (300, 3, 1, 0.0), (64, 16, 4, 1.0)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens, num_experts, topk, empty", GPU_ROUTINGS)
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("alignment", [1, 128])
+def test_gpu_permute_bitwise(tokens, num_experts, topk, empty, fp8, alignment):
+    idx = routing(tokens, num_experts, topk, empty, device="cuda")
+    x = torch.randn(tokens, 7168 if tokens > 1000 else 272, device="cuda").bfloat16()
+    q, s = dx.quant.per_token_cast_to_fp8(x) if fp8 else (x, None)
+    got = dx.gemm.permute_to_grouped(q, s, idx, num_experts, alignment)
+    want = ref.permute_to_grouped(q.cpu(), None if s is None else s.cpu(), idx.cpu(), num_experts, alignment)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None
+            continue
+        g = g.cpu()
+        assert g.shape == w.shape and g.dtype == w.dtype
+        if g.dtype == torch.float8_e4m3fn:
+            g, w = g.view(torch.uint8), w.view(torch.uint8)
+        assert torch.equal(g, w)
+
+
+@pytest.mark.gpu
+def test_gpu_permute_rejects_out_of_range_ids():
+    idx = routing(100, 8, 2, device="cuda")
+    idx[17, 1] = 8
+    with pytest.raises(ValueError, match=r"topk_idx values must be in \[-1, 7\], got min -1 and max 8"):
+        dx.gemm.permute_to_grouped(torch.randn(100, 64, device="cuda").bfloat16(), None, idx, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens, num_experts, topk, empty", GPU_ROUTINGS)
+@pytest.mark.parametrize("y_dtype", [torch.bfloat16, torch.float32])
+def test_gpu_unpermute_bitwise(tokens, num_experts, topk, empty, y_dtype):
+    # 2056 and 8200: not multiples of a CTA's span of 8-element chunks; 8200 takes two passes.
+    hidden = {4096: 7168, 300: 8200}.get(tokens, 2056)
+    idx = routing(tokens, num_experts, topk, empty, device="cuda")
+    _, _, _, inv = dx.gemm.permute_to_grouped(torch.zeros(tokens, 64, device="cuda").bfloat16(), None, idx,
+                                              num_experts, 128)
+    rows = int(inv.max()) + 1 if inv.numel() else 0
+    y = (torch.randn(rows, hidden, device="cuda") * 4).to(y_dtype)
+    weights = torch.rand(tokens, topk, device="cuda")
+    got = dx.gemm.unpermute_from_grouped(y, inv, weights)
+    assert torch.equal(got.cpu(), ref.unpermute_from_grouped(y.cpu(), inv.cpu(), weights.cpu()))
+
+
+@pytest.mark.gpu
+def test_gpu_unpermute_is_graph_capturable():
+    idx = routing(256, 8, 4, device="cuda")
+    _, _, _, inv = dx.gemm.permute_to_grouped(torch.zeros(256, 64, device="cuda").bfloat16(), None, idx, 8)
+    y = torch.randn(int(inv.max()) + 1, 512, device="cuda").bfloat16()
+    weights = torch.rand(256, 4, device="cuda")
+    dx.gemm.unpermute_from_grouped(y, inv, weights)  # warm up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = dx.gemm.unpermute_from_grouped(y, inv, weights)
+    y.mul_(2)
+    graph.replay()
+    assert torch.equal(out.cpu(), ref.unpermute_from_grouped(y.cpu(), inv.cpu(), weights.cpu()))
