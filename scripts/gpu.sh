@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One command for an H100 (sm_90) machine with torch and no network:
-#   scripts/gpu.sh LOG_DIR
-# builds the extension, runs the GPU tests, compute-sanitizer and the benchmarks, writes logs
-# to LOG_DIR (at most 8 files) and prints a short summary last.
+#   scripts/gpu.sh LOG_DIR [STEPS]
+# builds the extension, then runs STEPS (default "test sanitize bench"; e.g. "test" alone, or
+# "bench" with BENCH_ARGS="--suite gemm --quick"), writes logs to LOG_DIR (at most 8 files) and
+# prints a short summary last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=$(realpath -m "${1:-${OUT:-gpu-logs}}")
+STEPS=" ${2:-test sanitize bench} "
+wants() { [[ "$STEPS" == *" $1 "* ]]; }
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
 
@@ -19,25 +22,30 @@ build_rc=$?
 step build "rc=$build_rc; $(grep -c 'spill stores' "$LOG/build.log") ptxas reports, $(grep -E '[1-9][0-9]* bytes spill' -c "$LOG/build.log") with spills"
 so=$(python -c "from deepseek_ext import _C; print(_C.__file__)" 2>/dev/null)
 if [ -n "$so" ]; then
-  { echo "== SASS instruction counts"; cuobjdump -sass "$so" | grep -oE '(QGMMA|HGMMA|UTMALDG|UTMASTG|LDG\.E\.128|STG\.E\.128)[^ ]*' | sort | uniq -c; } >> "$LOG/build.log" 2>&1
+  { echo "== SASS instruction counts"; cuobjdump -sass "$so" | grep -oE '(QGMMA|HGMMA|UTMALDG|UTMASTG|LDG\.E\.[A-Z.]*128|STG\.E\.[A-Z.]*128)[^ ]*' | sort | uniq -c; } >> "$LOG/build.log" 2>&1
   step sass "QGMMA instructions: $(cuobjdump -sass "$so" 2>/dev/null | grep -c QGMMA)"
 fi
 
 # 2. GPU tests.
-python -m pytest -m gpu -v -rs > "$LOG/pytest_gpu.log" 2>&1
-step pytest-gpu "rc=$?; $(tail -n 1 "$LOG/pytest_gpu.log")"
+if wants test; then
+  python -m pytest -m gpu -v -rs ${PYTEST_ARGS:-} > "$LOG/pytest_gpu.log" 2>&1
+  step pytest-gpu "rc=$?; $(tail -n 1 "$LOG/pytest_gpu.log")"
+fi
 
 # 3. compute-sanitizer on every kernel (few shapes).
-: > "$LOG/sanitizer.log"
-for tool in memcheck racecheck; do
-  compute-sanitizer --tool "$tool" --error-exitcode 1 python scripts/sanitize_kernels.py >> "$LOG/sanitizer.log" 2>&1
-  step "$tool" "rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' "$LOG/sanitizer.log") clean summaries so far)"
-done
+if wants sanitize; then
+  : > "$LOG/sanitizer.log"
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool "$tool" --error-exitcode 1 python scripts/sanitize_kernels.py >> "$LOG/sanitizer.log" 2>&1
+    step "$tool" "rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' "$LOG/sanitizer.log") clean summaries so far)"
+  done
+fi
 
 # 4. Benchmarks (table on stdout, JSON and PNGs packed into one archive).
-python bench/run.py --suite all --out "$LOG/bench" > "$LOG/bench.log" 2>&1
-step bench "rc=$?"
-tar -czf "$LOG/bench_results.tar.gz" -C "$LOG" bench && rm -rf "$LOG/bench"
-
-echo "== bench"; grep -E '^\|' "$LOG/bench.log" | head -n 60
+if wants bench; then
+  python bench/run.py ${BENCH_ARGS:---suite all} --out "$LOG/bench" > "$LOG/bench.log" 2>&1
+  step bench "rc=$?"
+  tar -czf "$LOG/bench_results.tar.gz" -C "$LOG" bench && rm -rf "$LOG/bench"
+  echo "== bench"; grep -E '^\|' "$LOG/bench.log" | head -n 80
+fi
 echo "== summary ($LOG)"; cat "$LOG/summary.txt"

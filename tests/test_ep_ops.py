@@ -1,9 +1,7 @@
 """deepseek_ext.ops.ep on the CPU: the dispatch layout (reference path) against a direct count,
 every validation error of the expert-parallel inputs, and the dispatch kernel's receive index
 math (ep/recv_index.cuh, compiled for the host) against the reference's expanded layout."""
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +9,7 @@ import torch
 from deepseek_ext.ops import ep as ops
 from deepseek_ext.reference import ep as ref
 from deepseek_ext.reference.quant import per_token_cast_to_fp8
+from host_build import build_host_driver
 
 
 def random_routing(num_tokens, num_experts, topk):
@@ -87,7 +86,7 @@ def test_routing_errors():
 @pytest.mark.parametrize("bad", [-2, 8, 100])
 def test_expert_ids_out_of_range(bad):
     idx = torch.tensor([[0, 1], [2, bad]])
-    with pytest.raises(ValueError, match=rf"topk_idx holds expert ids outside \[-1, 8\)"):
+    with pytest.raises(ValueError, match=r"topk_idx holds expert ids outside \[-1, 8\)"):
         ops.check_expert_ids(idx, 8)
     ops.check_expert_ids(torch.tensor([[-1, 7]]), 8)
     ops.check_expert_ids(torch.zeros(0, 2, dtype=torch.long), 8)
@@ -132,18 +131,11 @@ def test_alignment_and_y_errors():
 
 # --- the dispatch kernel's receive index math, compiled for the host -------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
-NVCC = shutil.which("nvcc")
 
 
 @pytest.fixture(scope="module")
 def recv_index_exe(tmp_path_factory):
-    if NVCC is None:
-        pytest.skip("needs nvcc")
-    exe = tmp_path_factory.mktemp("ep_index") / "ep_index_math"
-    subprocess.run([NVCC, "-std=c++17", "--expt-relaxed-constexpr", f"-I{ROOT / 'csrc' / 'include'}",
-                    str(ROOT / "tests" / "cpp" / "ep_index_math.cu"), "-o", str(exe)], check=True, capture_output=True)
-    return exe
+    return build_host_driver("ep_index_math.cu", tmp_path_factory.mktemp("ep_index"))
 
 
 @pytest.mark.parametrize("alignment", [1, 4, 128])

@@ -4,20 +4,17 @@ the scale math bitwise against deepseek_ext.reference.quant, the scale offsets a
 of real dx.quant outputs, and the tile mappings against coverage, coalescing and bank rules."""
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
 import deepseek_ext as dx
 from deepseek_ext.reference import quant as ref
+from host_build import build_host_driver
 
-ROOT = Path(__file__).resolve().parents[1]
-NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
 THREADS = 256
 WARP = 32
 BANKS = 32
@@ -26,12 +23,7 @@ BANKS = 32
 @pytest.fixture(scope="module")
 def ask(tmp_path_factory):
     """ask(queries) -> answer lines of the compiled driver, one per query."""
-    if NVCC is None:
-        pytest.skip("needs nvcc")
-    exe = tmp_path_factory.mktemp("index_math") / "index_math"
-    subprocess.run([NVCC, "-std=c++17", "--expt-relaxed-constexpr", f"-I{ROOT / 'csrc' / 'include'}",
-                    str(ROOT / "tests" / "cpp" / "index_math.cu"), "-o", str(exe)],
-                   check=True, capture_output=True, text=True)
+    exe = build_host_driver("index_math.cu", tmp_path_factory.mktemp("index_math"))
 
     def run(queries: list[str]) -> list[str]:
         out = subprocess.run([str(exe)], input="\n".join(queries) + "\n", capture_output=True,

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import deepseek_ext as dx
 from deepseek_ext.gemm import calc_diff
 from deepseek_ext.models import DeepSeekV3, DeepSeekV3Config, flops_per_token, param_counts
 
