@@ -3,6 +3,7 @@ from deepseek_ext.models.config import DeepSeekV3Config
 from deepseek_ext.models.counting import flops_per_token, param_counts
 from deepseek_ext.models.deepseek_v3 import DeepSeekV3, ModelOutput
 from deepseek_ext.models.generation import Generation, generate
+from deepseek_ext.models.stages import PipelineStage, pipeline_stages, update_stage_balancing
 
-__all__ = ["DeepSeekV3", "DeepSeekV3Config", "Generation", "ModelOutput", "flops_per_token", "generate",
-           "param_counts"]
+__all__ = ["DeepSeekV3", "DeepSeekV3Config", "Generation", "ModelOutput", "PipelineStage", "flops_per_token",
+           "generate", "param_counts", "pipeline_stages", "update_stage_balancing"]
