@@ -37,6 +37,14 @@ def write_json(rows: list[dict], meta: dict, path: Path) -> None:
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 
+def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
+    """The whole run as one markdown report: where and when it ran, then the table."""
+    header = (f"# deepseek_ext benchmarks\n\n{meta['device']}, {meta['date']}, torch {meta['torch']}, "
+              f"backend {meta['backend']}. Throughput counts bytes read + written (TB/s) or 2*M*N*K "
+              f"(TFLOPS); every baseline was measured in the same run.\n\n")
+    path.write_text(header + format_table(rows) + "\n")
+
+
 def write_plot(rows: list[dict], suite: str, path: Path) -> bool:
     """Grouped bars per (op, shape), one bar per implementation. False when matplotlib is missing."""
     try:

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.format_table(rows), flush=True)
         all_rows += rows
     report.write_json(all_rows, meta, args.out / "all.json")
+    report.write_markdown(all_rows, meta, args.out / "report.md")
     return 0
 
 
