@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from deepseek_ext._plot import pyplot
+
 OURS = "deepseek_ext"
 
 
@@ -47,11 +49,8 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
 
 def write_plot(rows: list[dict], suite: str, path: Path) -> bool:
     """Grouped bars per (op, shape), one bar per implementation. False when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     cases = list(dict.fromkeys((r["op"], r["shape"]) for r in rows))
     impls = list(dict.fromkeys(r["impl"] for r in rows))

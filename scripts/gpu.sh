@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One command for an H100 (sm_90) machine with torch and no network:
 #   scripts/gpu.sh LOG_DIR [STEPS]
-# builds the extension, then runs STEPS (default "test sanitize bench"; e.g. "test" alone, or
+# builds the extension, then runs STEPS (default "test sanitize bench demo"; e.g. "test" alone, or
 # "bench" with BENCH_ARGS="--suite gemm --quick"), writes logs to LOG_DIR (at most 8 files) and
 # prints a short summary last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=$(realpath -m "${1:-${OUT:-gpu-logs}}")
-STEPS=" ${2:-test sanitize bench} "
+STEPS=" ${2:-test sanitize bench demo} "
 wants() { [[ "$STEPS" == *" $1 "* ]]; }
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
@@ -47,5 +47,17 @@ if wants bench; then
   step bench "rc=$?"
   tar -czf "$LOG/bench_results.tar.gz" -C "$LOG" bench && rm -rf "$LOG/bench"
   echo "== bench"; grep -E '^\|' "$LOG/bench.log" | head -n 80
+fi
+# 5. The main job on the GPU kernels (FP8 on): tiny, then a short run of small.
+if wants demo; then
+  : > "$LOG/demo.log"
+  for preset in tiny small; do
+    steps=$([ "$preset" = tiny ] && echo 600 || echo 100)
+    python -m deepseek_ext.demo --preset "$preset" --steps "$steps" --device cuda --out "$LOG/demo/$preset" >> "$LOG/demo.log" 2>&1
+    step "demo-$preset" "rc=$?; $(grep -E '^trained' "$LOG/demo.log" | tail -n 1)"
+  done
+  rm -f "$LOG"/demo/*/checkpoint.pt
+  tar -czf "$LOG/demo_results.tar.gz" -C "$LOG" demo && rm -rf "$LOG/demo"
+  echo "== demo"; grep -vE '^\[' "$LOG/demo.log" | tail -n 30
 fi
 echo "== summary ($LOG)"; cat "$LOG/summary.txt"

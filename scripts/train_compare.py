@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ from pathlib import Path
 import torch
 
 import deepseek_ext as dx
+from deepseek_ext._plot import pyplot
+from deepseek_ext.demo.trainer import lr_at
 from deepseek_ext.models import DeepSeekV3, DeepSeekV3Config
 
 NEXT_PROBS = (0.6, 0.25, 0.1, 0.05)
@@ -48,12 +49,6 @@ class SyntheticLanguage:
         return torch.stack(out, 1)
 
 
-def lr_at(step: int, steps: int, peak: float, warmup: int = 20) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1))))
-
-
 def train(cfg: DeepSeekV3Config, args) -> list[float]:
     torch.manual_seed(args.seed)
     model = DeepSeekV3(cfg, device=args.device)
@@ -78,11 +73,8 @@ def train(cfg: DeepSeekV3Config, args) -> list[float]:
 
 
 def write_plot(curves: dict[str, list[float]], path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print("train_compare: matplotlib missing, no PNG")
         return
     fig, ax = plt.subplots(figsize=(7, 4))

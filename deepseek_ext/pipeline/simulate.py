@@ -12,6 +12,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepseek_ext._plot import pyplot
 from deepseek_ext.pipeline.schedule import BACKWARD, FORWARD, METHODS, Schedule, build_schedule
 from deepseek_ext.pipeline.timeline import Costs, TimedOp, time_schedule
 
@@ -83,9 +84,9 @@ def _label(op) -> tuple[str, str]:
 
 def draw_timeline(sim: Simulation, path: str | Path) -> Path:
     """One row per rank; colour = pass kind, hatching = the rank's second module, text = chunk. Needs matplotlib."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        raise ImportError("draw_timeline needs matplotlib: pip install matplotlib")
     from matplotlib.patches import Patch
 
     fig, ax = plt.subplots(figsize=(max(8.0, sim.makespan / max(sim.costs.F, 1e-9) * 0.35), 0.5 * sim.schedule.num_ranks + 1.5))

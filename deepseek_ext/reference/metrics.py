@@ -9,7 +9,7 @@ def calc_diff(out: torch.Tensor, ref: torch.Tensor) -> float:
 
     0 when out == ref, 1 for uncorrelated tensors; two all-zero (or empty) tensors give 0.
     """
-    out, ref = out.double(), ref.double()
+    out, ref = out.detach().double(), ref.detach().double()  # a metric: never part of a graph
     denominator = (out * out + ref * ref).sum()
     if denominator == 0:
         return 0.0
