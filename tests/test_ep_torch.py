@@ -5,11 +5,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import deepseek_ext as dx
 from deepseek_ext.reference import ep as ref
 from deepseek_ext.reference.quant import per_token_cast_to_fp8
+from gloo_ranks import run_ranks
 
 HIDDEN = 256
 MAX_TOKENS = 64
@@ -202,7 +202,7 @@ def worker(rank, num_ranks, init_file):
 @pytest.mark.parametrize("num_ranks", [2, 4])
 def test_torch_backend_matches_reference(num_ranks, tmp_path):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(worker, args=(num_ranks, str(tmp_path / "pg")), nprocs=num_ranks, join=True)
+    run_ranks(worker, num_ranks, num_ranks, str(tmp_path / "pg"))
 
 
 def test_buffer_arguments_are_checked():

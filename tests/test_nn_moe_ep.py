@@ -3,10 +3,10 @@ outputs, input and gate gradients per rank, expert weight gradients summed over 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import deepseek_ext as dx
 from deepseek_ext.gemm import calc_diff
+from gloo_ranks import run_ranks
 
 HIDDEN, INTER, EXPERTS, TOPK, TOKENS = 128, 64, 8, 2, 24
 
@@ -89,4 +89,4 @@ def _worker(rank, num_ranks, init_file, fp8_modes):
 
 @pytest.mark.parametrize("num_ranks,fp8_modes", [(2, (True, False)), (4, (True,))])
 def test_ep_moe_matches_single_process(num_ranks, fp8_modes, tmp_path):
-    mp.spawn(_worker, args=(num_ranks, str(tmp_path / "pg"), fp8_modes), nprocs=num_ranks, join=True)
+    run_ranks(_worker, num_ranks, num_ranks, str(tmp_path / "pg"), fp8_modes)

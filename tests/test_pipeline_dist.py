@@ -8,11 +8,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from deepseek_ext.pipeline import DeferredWeightGradLinear, DualPipe, DualPipeV, build_schedule
 from deepseek_ext.reference.metrics import calc_diff
+from gloo_ranks import run_ranks
 
 DIM = 12
 
@@ -206,7 +206,7 @@ def world4_worker(rank, init_file, out_dir):
 
 
 def test_dualpipe_and_dualpipev_match_sequential_on_4_processes(tmp_path):
-    mp.spawn(world4_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=4, join=True)
+    run_ranks(world4_worker, 4, str(tmp_path / "init"), str(tmp_path))
     done = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
     assert all(len(d) == 11 for d in done), done
     assert "DualPipe pp=2 chunks=10 rank=1" in done[1] and "DualPipeV pp=2 chunks=7 rank=1" in done[3]

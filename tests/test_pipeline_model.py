@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import deepseek_ext as dx
+from gloo_ranks import run_ranks
 
 STEPS = 10
 
@@ -92,6 +93,6 @@ def _dualpipe_worker(rank: int, init_file: str, results):
 def test_dualpipe_trains_the_tiny_model_on_two_processes():
     with tempfile.TemporaryDirectory() as tmp:
         results = mp.Manager().dict()
-        mp.spawn(_dualpipe_worker, args=(f"{tmp}/init", results), nprocs=2)
+        run_ranks(_dualpipe_worker, 2, f"{tmp}/init", results)
     for rank in (0, 1):
         assert results[rank][-1] < 0.6 * results[rank][0], (rank, results[rank])
