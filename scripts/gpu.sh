@@ -51,10 +51,13 @@ fi
 # 5. The main job on the GPU kernels (FP8 on): tiny, then a short run of small.
 if wants demo; then
   : > "$LOG/demo.log"
+  mkdir -p "$LOG/demo"
   for preset in tiny small; do
     steps=$([ "$preset" = tiny ] && echo 600 || echo 100)
-    python -m deepseek_ext.demo --preset "$preset" --steps "$steps" --device cuda --out "$LOG/demo/$preset" >> "$LOG/demo.log" 2>&1
-    step "demo-$preset" "rc=$?; $(grep -E '^trained' "$LOG/demo.log" | tail -n 1)"
+    python -m deepseek_ext.demo --preset "$preset" --steps "$steps" --device cuda --out "$LOG/demo/$preset" > "$LOG/demo/$preset.log" 2>&1
+    rc=$?
+    cat "$LOG/demo/$preset.log" >> "$LOG/demo.log"
+    step "demo-$preset" "rc=$rc; $(grep -E '^trained' "$LOG/demo/$preset.log")"
   done
   rm -f "$LOG"/demo/*/checkpoint.pt
   tar -czf "$LOG/demo_results.tar.gz" -C "$LOG" demo && rm -rf "$LOG/demo"

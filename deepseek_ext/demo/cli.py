@@ -8,6 +8,7 @@ resumed run ends exactly where an uninterrupted one would (bit for bit on the CP
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pickle
 import signal
@@ -137,7 +138,7 @@ def summarize(run: DemoRun, args: argparse.Namespace) -> dict:
     spec = generate(run.model, prompt, args.new_bytes, speculative=True)
     plain = generate(run.model, prompt, args.new_bytes)
     return {
-        "device": str(run.device), "backend": dx.backend(), "settings": run.settings.__dict__, "steps": steps,
+        "device": str(run.device), "backend": dx.backend(), "settings": dataclasses.asdict(run.settings), "steps": steps,
         "train_seconds": run.train_seconds, "tokens_per_second": steps * run.tokens_per_step / run.train_seconds,
         "loss_first": h["loss"][0], "loss_final": h["loss"][-1], "loss_final_mean": sum(h["loss"][-last:]) / last,
         "mtp_loss_final_mean": sum(h["mtp_loss"][-last:]) / last, "held_out_loss": run.held_out_loss(),
