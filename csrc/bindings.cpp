@@ -8,8 +8,14 @@ void register_permute(pybind11::module_& m);
 void register_ep(pybind11::module_& m);
 }  // namespace dx::bind
 
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "deepseek_ext CUDA kernels (raw-pointer launchers; use deepseek_ext.ops instead)";
+// _C on the GPU; _emu when the same launchers are compiled for the host (csrc/emu).
+#ifndef DX_MODULE
+#define DX_MODULE _C
+#endif
+#define DX_DEFINE_MODULE(name, m) PYBIND11_MODULE(name, m)
+
+DX_DEFINE_MODULE(DX_MODULE, m) {
+  m.doc() = "deepseek_ext kernels (raw-pointer launchers; use deepseek_ext.ops instead)";
   dx::bind::register_quant(m);
   dx::bind::register_gemm(m);
   dx::bind::register_permute(m);

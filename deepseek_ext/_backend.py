@@ -1,4 +1,5 @@
-"""Which implementation runs: the compiled CUDA kernels or the pure-PyTorch reference."""
+"""Which implementation runs: the compiled CUDA kernels, their host emulation, or the
+pure-PyTorch reference."""
 from __future__ import annotations
 
 import functools
@@ -10,15 +11,25 @@ try:
     from deepseek_ext import _C
 except ImportError:  # built without nvcc, or DEEPSEEK_EXT_CUDA=0
     _C = None
+try:
+    from deepseek_ext import _emu
+except ImportError:  # built without the CUDA headers, or DEEPSEEK_EXT_EMULATE=0
+    _emu = None
 
 _BACKEND_ENV = "DEEPSEEK_EXT_BACKEND"
-_BACKEND_CHOICES = ("auto", "reference", "cuda")
+_BACKEND_CHOICES = ("auto", "reference", "cuda", "emulate")
+EMULATED_SMS = 132  # the emulator models an H200's SM count (csrc/emu/scheduler.h kSmCount)
 _num_sms: int | None = None
 
 
 def has_cuda_ext() -> bool:
     """True when the compiled extension ``deepseek_ext._C`` is importable."""
     return _C is not None
+
+
+def has_emulation() -> bool:
+    """True when the host build of the kernels, ``deepseek_ext._emu``, is importable."""
+    return _emu is not None
 
 
 def _requested_backend() -> str:
@@ -38,10 +49,16 @@ def _kernels_available(device: torch.device) -> bool:
 
 
 def uses_kernels(tensor: torch.Tensor) -> bool:
-    """Whether an op on ``tensor`` runs the CUDA kernel (else the reference implementation)."""
+    """Whether an op on ``tensor`` runs our kernels (the CUDA build, or the emulator for CPU
+    tensors under DEEPSEEK_EXT_BACKEND=emulate); else the reference implementation runs."""
     requested = _requested_backend()
     if requested == "reference":
         return False
+    if requested == "emulate" and tensor.device.type == "cpu":
+        if _emu is None:
+            raise RuntimeError(f"{_BACKEND_ENV}=emulate but deepseek_ext._emu was not built "
+                               "(it needs a C++ compiler and the CUDA toolkit headers at install)")
+        return True
     available = _kernels_available(tensor.device)
     if requested == "cuda" and not available:
         raise RuntimeError(
@@ -50,16 +67,25 @@ def uses_kernels(tensor: torch.Tensor) -> bool:
     return available
 
 
+def kernel_module(device: torch.device):
+    """The launcher module for tensors on `device`: the emulator for CPU tensors, else _C."""
+    return _emu if device.type == "cpu" else _C
+
+
 def backend() -> str:
-    """``"cuda"`` when ops on the current CUDA device run our kernels, else ``"reference"``."""
-    if _requested_backend() == "reference" or not torch.cuda.is_available():
+    """``"emulate"`` under DEEPSEEK_EXT_BACKEND=emulate; ``"cuda"`` when ops on the current CUDA
+    device run our kernels; else ``"reference"``."""
+    requested = _requested_backend()
+    if requested == "emulate" and _emu is not None:
+        return "emulate"
+    if requested == "reference" or not torch.cuda.is_available():
         return "reference"
     return "cuda" if _kernels_available(torch.device("cuda", torch.cuda.current_device())) else "reference"
 
 
 def _device_sm_count() -> int:
     if not torch.cuda.is_available():
-        return 0
+        return EMULATED_SMS if backend() == "emulate" else 0
     return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
 
 
@@ -76,5 +102,6 @@ def set_num_sms(num_sms: int) -> None:
 
 
 def get_num_sms() -> int:
-    """SMs the GEMMs may use: the value given to set_num_sms, else every SM (0 without a GPU)."""
+    """SMs the GEMMs may use: the value given to set_num_sms, else every SM (0 without a GPU,
+    the emulated H200's 132 under the emulator)."""
     return _num_sms if _num_sms is not None else _device_sm_count()

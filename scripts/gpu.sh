@@ -1,66 +1,103 @@
 #!/usr/bin/env bash
-# One command for an H100 (sm_90) machine with torch and no network:
+# One call on an H200/H100 (sm_90, torch, no network) that fits a 15-minute lease: at most 8 minutes in all.
 #   scripts/gpu.sh LOG_DIR [STEPS]
-# builds the extension, then runs STEPS (default "test sanitize bench demo"; e.g. "test" alone, or
-# "bench" with BENCH_ARGS="--suite gemm --quick"), writes logs to LOG_DIR (at most 8 files) and
-# prints a short summary last.
+# Builds the extension, then runs STEPS in this order (default "test sanitize bench demo"; e.g. "test" alone,
+# or "bench" with BENCH_ARGS="--suite gemm --quick"); every step has a time limit, and one that runs out is
+# reported as TIMEOUT and the next step runs. Logs go to LOG_DIR (at most 8 files); a short summary is printed last.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
+
+# Wall-clock limits in seconds: their sum (460) plus the kill grace of each (2) stays under 480.
+T_INFO=10 T_BUILD=90 T_SASS=15 T_TEST=135 T_SANITIZE=45 T_BENCH=75 T_DEMO=45 GRACE=2
+T_EACH_TEST=60   # pytest-timeout, per test
+DEMO_STEPS=200   # tiny preset (600 by default)
+
 LOG=$(realpath -m "${1:-${OUT:-gpu-logs}}")
 STEPS=" ${2:-test sanitize bench demo} "
 wants() { [[ "$STEPS" == *" $1 "* ]]; }
 mkdir -p "$LOG"
+: > "$LOG/summary.txt"
 export PYTHONUNBUFFERED=1
 
-step() { printf '%-12s %s\n' "$1" "$2" >> "$LOG/summary.txt"; }
-: > "$LOG/summary.txt"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$LOG/build.log" 2>&1
+# run LIMIT LOGFILE CMD...: appends CMD's output to LOGFILE, stops it (children too) after LIMIT s; sets RC and ST.
+run() {
+  local limit=$1 log=$2 t=$SECONDS pid
+  shift 2
+  timeout -k "$GRACE" "$limit" "$@" >> "$log" 2>&1 &
+  pid=$!
+  wait "$pid"
+  RC=$?
+  kill -KILL -- "-$pid" 2>/dev/null  # timeout leads its own process group: leftovers (spawned ranks) go too
+  case $RC in 0) ST=ok ;; 124 | 137) ST=TIMEOUT ;; *) ST="FAIL($RC)" ;; esac
+  ST="$ST $((SECONDS - t))/${limit}s"
+}
+step() { printf '%-10s %-17s %s\n' "$1" "$ST" "$2" >> "$LOG/summary.txt"; }
 
-# 1. Build (ptxas resource report kept in the build log).
-DEEPSEEK_EXT_PTXAS_VERBOSE=1 python -m pip install --no-build-isolation --no-deps -v -e . >> "$LOG/build.log" 2>&1
-build_rc=$?
-step build "rc=$build_rc; $(grep -c 'spill stores' "$LOG/build.log") ptxas reports, $(grep -E '[1-9][0-9]* bytes spill' -c "$LOG/build.log") with spills"
-so=$(python -c "from deepseek_ext import _C; print(_C.__file__)" 2>/dev/null)
+# 1. Build with every core (ptxas resource report and SASS counts kept in the build log).
+CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+export CMAKE_BUILD_PARALLEL_LEVEL CMAKE_GENERATOR=Ninja
+: > "$LOG/build.log"
+run "$T_INFO" "$LOG/build.log" nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+echo "== build: $CMAKE_GENERATOR, CMAKE_BUILD_PARALLEL_LEVEL=$CMAKE_BUILD_PARALLEL_LEVEL" >> "$LOG/build.log"
+if [ -n "${DEEPSEEK_EXT_DEBUG_HANGS:-}" ]; then export DEEPSEEK_EXT_DEBUG_HANGS; fi  # build flag hook, for CMake
+run "$T_BUILD" "$LOG/build.log" env DEEPSEEK_EXT_PTXAS_VERBOSE=1 python -m pip install --no-build-isolation --no-deps -v -e .
+build_rc=$RC
+step build "$(grep -c 'spill stores' "$LOG/build.log") ptxas reports, $(grep -cE '[1-9][0-9]* bytes spill' "$LOG/build.log") with spills"
+so=$(find build -maxdepth 2 -name '_C*.so' 2>/dev/null | head -n 1)
 if [ -n "$so" ]; then
-  { echo "== SASS instruction counts"; cuobjdump -sass "$so" | grep -oE '(QGMMA|HGMMA|UTMALDG|UTMASTG|LDG\.E\.[A-Z.]*128|STG\.E\.[A-Z.]*128)[^ ]*' | sort | uniq -c; } >> "$LOG/build.log" 2>&1
-  step sass "QGMMA instructions: $(cuobjdump -sass "$so" 2>/dev/null | grep -c QGMMA)"
+  sass=$(mktemp)
+  run "$T_SASS" "$sass" cuobjdump -sass "$so"
+  { echo "== SASS instruction counts ($so)"; grep -oE '(QGMMA|HGMMA|UTMALDG|UTMASTG|LDG\.E\.[A-Z.]*128|STG\.E\.[A-Z.]*128)[^ ]*' "$sass" | sort | uniq -c; } >> "$LOG/build.log"
+  step sass "QGMMA instructions: $(grep -c QGMMA "$sass")"
+  rm -f "$sass"
+fi
+if [ "$build_rc" -ne 0 ]; then
+  printf '%-10s %s\n' skipped "${STEPS:1}(build failed: see build.log)" >> "$LOG/summary.txt"
+  STEPS=" "
+  echo "== build log tail"; tail -n 25 "$LOG/build.log"
 fi
 
-# 2. GPU tests.
+# 2. Correctness: the GPU tests (a hung test is dumped and ends the step, not the run).
 if wants test; then
-  python -m pytest -m gpu -v -rs ${PYTEST_ARGS:-} > "$LOG/pytest_gpu.log" 2>&1
-  step pytest-gpu "rc=$?; $(tail -n 1 "$LOG/pytest_gpu.log")"
+  read -ra pytest_args <<< "${PYTEST_ARGS:-}"
+  run "$T_TEST" "$LOG/pytest_gpu.log" python -m pytest -m gpu -v -rfEs --timeout="$T_EACH_TEST" --timeout-method=thread "${pytest_args[@]}"
+  res=$(grep -E '^=+ .* in [0-9.]+s' "$LOG/pytest_gpu.log" | tail -n 1)
+  last=$(grep -oE '^tests/[^ ]+::[^ ]+' "$LOG/pytest_gpu.log" | tail -n 1)
+  if grep -q ' Timeout +' "$LOG/pytest_gpu.log"; then res="test TIMEOUT (${T_EACH_TEST}s) in $last"; fi
+  step pytest-gpu "${res:-stopped in $last}"
+  echo "== pytest failures"; grep -E '^(FAILED|ERROR) ' "$LOG/pytest_gpu.log" | head -n 20
 fi
 
-# 3. compute-sanitizer on every kernel (few shapes).
+# 3. compute-sanitizer on every kernel, smallest shapes (no caching allocator: each tensor its own allocation).
 if wants sanitize; then
   : > "$LOG/sanitizer.log"
   for tool in memcheck racecheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 1 python scripts/sanitize_kernels.py >> "$LOG/sanitizer.log" 2>&1
-    step "$tool" "rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' "$LOG/sanitizer.log") clean summaries so far)"
+    echo "== $tool" >> "$LOG/sanitizer.log"
+    run "$T_SANITIZE" "$LOG/sanitizer.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+      compute-sanitizer --tool "$tool" --error-exitcode 1 python scripts/sanitize_kernels.py
+    out=$(sed -n "/^== $tool\$/,\$p" "$LOG/sanitizer.log")
+    res=$(grep -oE '[A-Z]+ SUMMARY: .*' <<< "$out" | tail -n 1)
+    step "$tool" "${res:-no summary}; reached: $(grep -E '^sanitize' <<< "$out" | tail -n 1)"
   done
 fi
 
-# 4. Benchmarks (table on stdout, JSON and PNGs packed into one archive).
+# 4. Benchmarks, quick mode (table on stdout, JSON and PNGs packed into one archive).
 if wants bench; then
-  python bench/run.py ${BENCH_ARGS:---suite all} --out "$LOG/bench" > "$LOG/bench.log" 2>&1
-  step bench "rc=$?"
-  tar -czf "$LOG/bench_results.tar.gz" -C "$LOG" bench && rm -rf "$LOG/bench"
-  echo "== bench"; grep -E '^\|' "$LOG/bench.log" | head -n 80
+  read -ra bench_args <<< "${BENCH_ARGS:---suite all --quick}"
+  run "$T_BENCH" "$LOG/bench.log" python bench/run.py "${bench_args[@]}" --out "$LOG/bench"
+  step bench "suites done: $(find "$LOG/bench" -name '*.json' ! -name all.json -printf '%f ' 2>/dev/null | sed 's/\.json//g')"
+  if [ -d "$LOG/bench" ]; then tar -czf "$LOG/bench_results.tar.gz" -C "$LOG" bench && rm -rf "$LOG/bench"; fi
+  echo "== bench"; grep -E '^\|' "$LOG/bench.log" | head -n 60
 fi
-# 5. The main job on the GPU kernels (FP8 on): tiny, then a short run of small.
+
+# 5. The main job on the GPU kernels: the tiny preset, shortened to fit its limit.
 if wants demo; then
   : > "$LOG/demo.log"
-  mkdir -p "$LOG/demo"
-  for preset in tiny small; do
-    steps=$([ "$preset" = tiny ] && echo 600 || echo 100)
-    python -m deepseek_ext.demo --preset "$preset" --steps "$steps" --device cuda --out "$LOG/demo/$preset" > "$LOG/demo/$preset.log" 2>&1
-    rc=$?
-    cat "$LOG/demo/$preset.log" >> "$LOG/demo.log"
-    step "demo-$preset" "rc=$rc; $(grep -E '^trained' "$LOG/demo/$preset.log")"
-  done
-  rm -f "$LOG"/demo/*/checkpoint.pt
-  tar -czf "$LOG/demo_results.tar.gz" -C "$LOG" demo && rm -rf "$LOG/demo"
-  echo "== demo"; grep -vE '^\[' "$LOG/demo.log" | tail -n 30
+  run "$T_DEMO" "$LOG/demo.log" python -m deepseek_ext.demo --preset tiny --steps "$DEMO_STEPS" --device cuda --out "$LOG/demo"
+  step demo-tiny "$(grep -E '^trained' "$LOG/demo.log")"
+  rm -f "$LOG/demo/checkpoint.pt"
+  if [ -d "$LOG/demo" ]; then tar -czf "$LOG/demo_results.tar.gz" -C "$LOG" demo && rm -rf "$LOG/demo"; fi
+  echo "== demo"; grep -vE '^\[' "$LOG/demo.log" | tail -n 15
 fi
+echo "total      $SECONDS/480s" >> "$LOG/summary.txt"
 echo "== summary ($LOG)"; cat "$LOG/summary.txt"

@@ -5,6 +5,15 @@ import deepseek_ext as dx
 
 assert dx.backend() == "cuda", "compute-sanitizer run needs the kernels (sm_90 GPU + extension)"
 torch.manual_seed(0)
+
+
+def mark(part: str) -> None:
+    """Progress in the log once the GPU is done with the previous part: the last mark names where a timeout hit."""
+    torch.cuda.synchronize()
+    print(f"sanitize: {part}", flush=True)
+
+
+mark("quant")
 for m, k in ((1, 16), (16, 144), (200, 4112), (144, 272)):
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.randn(m, k, device="cuda", dtype=dtype)
@@ -18,6 +27,7 @@ for m, k in ((1, 16), (16, 144), (200, 4112), (144, 272)):
             if m % 16 == 0:
                 dx.quant.transpose_block_fp8(qb, sb)
                 dx.quant.per_token_cast_to_fp8_with_transpose(x, pow2)
+mark("gemm")
 # Dense GEMM: odd M/N/K tails, both B scale kinds, bf16/fp32 out, accumulate into c.
 for m, n, k in ((1, 16, 16), (7, 144, 272), (200, 2112, 400)):
     a, sa = dx.quant.per_token_cast_to_fp8(torch.randn(m, k, device="cuda"))
@@ -25,6 +35,7 @@ for m, n, k in ((1, 16, 16), (7, 144, 272), (200, 2112, 400)):
     for bq, bs in (dx.quant.per_block_cast_to_fp8(b), dx.quant.per_token_cast_to_fp8(b)):
         dx.gemm.fp8_gemm_nt(a, sa, bq, bs)
         dx.gemm.fp8_gemm_nt(a, sa, bq, bs, out_dtype=torch.float32, c=torch.randn(m, n, device="cuda"))
+mark("grouped gemm")
 # Grouped GEMMs and their permute/unpermute glue (odd N/K, padding blocks, masked rows, empty groups).
 idx = torch.randint(-1, 5, (200, 3), device="cuda")
 q, s = dx.quant.per_token_cast_to_fp8(torch.randn(200, 272, device="cuda"))
@@ -37,6 +48,7 @@ dx.gemm.m_grouped_fp8_gemm_nt_masked(a, sa, w, ws, torch.tensor([0, 200, 1, 130,
 _, _, ga, gsa = dx.quant.per_token_cast_to_fp8_with_transpose(torch.randn(512, 144, device="cuda"))
 _, _, gb, gsb = dx.quant.per_token_cast_to_fp8_with_transpose(torch.randn(512, 272, device="cuda"))
 dx.gemm.k_grouped_fp8_gemm_tn_contiguous(ga, gsa, gb, gsb, [128, 0, 384], torch.randn(3, 144, 272, device="cuda"))
+mark("ep")
 # Expert-parallel dispatch/combine with loopback peers (FP8 and bf16, token-major and expanded).
 buffer = dx.ep.Buffer.loopback(hidden=256, num_experts=16, num_ranks=4, max_tokens_per_rank=64, num_sms=4)
 x = torch.randn(50, 256, device="cuda", dtype=torch.bfloat16)

@@ -33,7 +33,7 @@ void peers_setter(py::class_<Struct>& cls) {
 
 void register_layouts(py::module_& m) {
   using L = ep::RegionLayout;
-  py::class_<L> cls(m, "EpRegionLayout");
+  py::class_<L> cls(m, "EpRegionLayout", py::module_local());  // _C and _emu both define it
   cls.def(py::init<>());
 #define DX_FIELD(name) cls.def_readwrite(#name, &L::name)
   DX_FIELD(arrivals); DX_FIELD(barrier_epoch); DX_FIELD(grid_base); DX_FIELD(grid_arrivals); DX_FIELD(error);
@@ -47,7 +47,7 @@ void register_layouts(py::module_& m) {
 
 void register_dispatch_params(py::module_& m) {
   using P = ep::DispatchParams;
-  py::class_<P> cls(m, "EpDispatchParams");
+  py::class_<P> cls(m, "EpDispatchParams", py::module_local());
   cls.def(py::init<>());
 #define DX_FIELD(name) cls.def_readwrite(#name, &P::name)
   DX_FIELD(rank); DX_FIELD(num_ranks); DX_FIELD(local_experts); DX_FIELD(topk); DX_FIELD(num_tokens);
@@ -67,7 +67,7 @@ void register_dispatch_params(py::module_& m) {
 
 void register_combine_params(py::module_& m) {
   using P = ep::CombineParams;
-  py::class_<P> cls(m, "EpCombineParams");
+  py::class_<P> cls(m, "EpCombineParams", py::module_local());
   cls.def(py::init<>());
 #define DX_FIELD(name) cls.def_readwrite(#name, &P::name)
   DX_FIELD(rank); DX_FIELD(num_ranks); DX_FIELD(topk); DX_FIELD(hidden); DX_FIELD(num_tokens);

@@ -9,6 +9,7 @@
 #include "deepseek_ext/gemm/geometry.cuh"
 #include "deepseek_ext/gemm/staging.cuh"
 #include "launch/gemm.h"
+#include "launch/launch_kernel.h"
 
 namespace dx {
 
@@ -90,8 +91,8 @@ cudaError_t launch_typed(const Operands& ops, int ctas, cudaStream_t stream) {
   const cudaError_t err =
       allow_shared_memory(reinterpret_cast<const void*>(kernel), smem_bytes, smem_set_devices);
   if (err != cudaSuccess) return err;
-  kernel<<<ctas, gemm::kThreads, smem_bytes, stream>>>(ops.a, ops.b, ops.sa, ops.sb, ops.d, ops.params);
-  return cudaGetLastError();
+  return launch_kernel(kernel, ctas, gemm::kThreads, smem_bytes, stream, false, ops.a, ops.b, ops.sa, ops.sb,
+                       ops.d, ops.params);
 }
 
 template <typename OutT, int kBlockN>

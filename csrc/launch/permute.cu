@@ -6,6 +6,7 @@
 #include "deepseek_ext/permute/copy_rows.cuh"
 #include "deepseek_ext/permute/grouped_layout.cuh"
 #include "deepseek_ext/permute/unpermute.cuh"
+#include "launch/launch_kernel.h"
 #include "launch/permute.h"
 
 namespace dx {
@@ -24,9 +25,8 @@ cudaError_t launch_count_experts(const int64_t* topk_idx, int64_t pairs, int num
                                  int* inverse_map, cudaStream_t stream) {
   if (pairs < 0 || num_experts < 1) return cudaErrorInvalidValue;
   if (pairs == 0) return cudaSuccess;
-  permute::count_experts_kernel<<<grid_for(pairs, permute::kCountThreads), permute::kCountThreads, 0, stream>>>(
-      topk_idx, pairs, num_experts, counts, inverse_map);
-  return cudaGetLastError();
+  return launch_kernel(permute::count_experts_kernel, grid_for(pairs, permute::kCountThreads), permute::kCountThreads,
+                       0, stream, false, topk_idx, pairs, num_experts, counts, inverse_map);
 }
 
 cudaError_t launch_grouped_layout(const int64_t* topk_idx, int64_t pairs, int topk, const int* counts,
@@ -34,9 +34,8 @@ cudaError_t launch_grouped_layout(const int64_t* topk_idx, int64_t pairs, int to
                                   int* inverse_map, cudaStream_t stream) {
   if (pairs < 0 || topk < 1 || num_experts < 1 || alignment < 1) return cudaErrorInvalidValue;
   if (pairs == 0) return cudaSuccess;
-  permute::grouped_layout_kernel<<<num_experts, permute::kLayoutThreads, 0, stream>>>(
-      topk_idx, pairs, topk, counts, alignment, row_token, m_indices, inverse_map);
-  return cudaGetLastError();
+  return launch_kernel(permute::grouped_layout_kernel, num_experts, permute::kLayoutThreads, 0, stream, false,
+                       topk_idx, pairs, topk, counts, alignment, row_token, m_indices, inverse_map);
 }
 
 cudaError_t launch_permute_rows(const void* x, int64_t row_bytes, const float* sx, int64_t ld_sx, int scale_cols,
@@ -47,10 +46,9 @@ cudaError_t launch_permute_rows(const void* x, int64_t row_bytes, const float* s
   }
   if (sx != nullptr && (scale_cols < 0 || ld_s_out < rows || s_out == nullptr)) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  permute::permute_rows_kernel<<<grid_for(rows, permute::kCopyRowsPerCta), permute::kCopyThreads, 0, stream>>>(
-      static_cast<const uint8_t*>(x), row_bytes, sx, ld_sx, scale_cols, row_token, rows,
-      static_cast<uint8_t*>(out), s_out, ld_s_out);
-  return cudaGetLastError();
+  return launch_kernel(permute::permute_rows_kernel, grid_for(rows, permute::kCopyRowsPerCta), permute::kCopyThreads,
+                       0, stream, false, static_cast<const uint8_t*>(x), row_bytes, sx, ld_sx, scale_cols, row_token,
+                       rows, static_cast<uint8_t*>(out), s_out, ld_s_out);
 }
 
 cudaError_t launch_unpermute(const void* y, int y_dtype, const int* inverse_map, const float* weights,
@@ -63,17 +61,15 @@ cudaError_t launch_unpermute(const void* y, int y_dtype, const int* inverse_map,
   auto* dst = static_cast<__nv_bfloat16*>(out);
   switch (static_cast<DType>(y_dtype)) {
     case DType::kBF16:
-      permute::unpermute_kernel<<<grid, permute::kUnpermuteThreads, 0, stream>>>(
-          static_cast<const __nv_bfloat16*>(y), inverse_map, weights, tokens, topk, hidden, dst);
-      break;
+      return launch_kernel(permute::unpermute_kernel<__nv_bfloat16>, grid, permute::kUnpermuteThreads, 0, stream,
+                           false, static_cast<const __nv_bfloat16*>(y), inverse_map, weights, tokens, topk, hidden,
+                           dst);
     case DType::kF32:
-      permute::unpermute_kernel<<<grid, permute::kUnpermuteThreads, 0, stream>>>(
-          static_cast<const float*>(y), inverse_map, weights, tokens, topk, hidden, dst);
-      break;
+      return launch_kernel(permute::unpermute_kernel<float>, grid, permute::kUnpermuteThreads, 0, stream, false,
+                           static_cast<const float*>(y), inverse_map, weights, tokens, topk, hidden, dst);
     default:
       return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace dx

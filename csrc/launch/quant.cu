@@ -10,6 +10,7 @@
 #include "deepseek_ext/quant/per_token_cast.cuh"
 #include "deepseek_ext/quant/swiglu_cast.cuh"
 #include "deepseek_ext/quant/transpose_block.cuh"
+#include "launch/launch_kernel.h"
 #include "launch/quant.h"
 
 namespace dx {
@@ -35,7 +36,7 @@ cudaError_t allow_dynamic_smem(Kernel kernel, int bytes) {
   if (cudaError_t err = cudaGetDevice(&device)) return err;
   const bool tracked = device < kMaxDevices;
   if (tracked && done[device].load(std::memory_order_acquire)) return cudaSuccess;
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  const cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err == cudaSuccess && tracked) done[device].store(true, std::memory_order_release);
   return err;
 }
@@ -65,10 +66,9 @@ cudaError_t launch_token_cast(const void* x, int x_dtype, int64_t ld_x, void* q,
     unsigned blocks = 0;
     if (cudaError_t err = grid_for(rows * ceil_div(cols, kQuantGroup), kGroupsPerBlock, &blocks)) return err;
     if (blocks == 0) return cudaSuccess;
-    per_token_cast_to_fp8_kernel<<<blocks, kTileThreads, 0, stream>>>(
-        Loader<T>{static_cast<const T*>(x), ld_x, extra...}, static_cast<uint8_t*>(q), s, rows,
-        cols, rows_per_batch, padded_rows, pow2_scale);
-    return cudaGetLastError();
+    return launch_kernel(per_token_cast_to_fp8_kernel<Loader<T>>, blocks, kTileThreads, 0, stream, false,
+                         Loader<T>{static_cast<const T*>(x), ld_x, extra...}, static_cast<uint8_t*>(q), s, rows,
+                         cols, rows_per_batch, padded_rows, pow2_scale);
   });
 }
 
@@ -99,10 +99,9 @@ cudaError_t launch_per_block_cast_to_fp8(const void* x, int x_dtype, int64_t ld_
   if (cudaError_t err = grid_for(num_rows / rows_per_batch * tile_rows * tile_cols, 1, &blocks)) return err;
   return dispatch_float_input(x_dtype, [&](auto tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
-    per_block_cast_to_fp8_kernel<T><<<blocks, kTileThreads, 0, stream>>>(
-        static_cast<const T*>(x), ld_x, static_cast<uint8_t*>(q), s, rows_per_batch, cols,
-        tile_rows, tile_cols, pow2_scale);
-    return cudaGetLastError();
+    return launch_kernel(per_block_cast_to_fp8_kernel<T>, blocks, kTileThreads, 0, stream, false,
+                         static_cast<const T*>(x), ld_x, static_cast<uint8_t*>(q), s, rows_per_batch, cols,
+                         tile_rows, tile_cols, pow2_scale);
   });
 }
 
@@ -117,10 +116,9 @@ cudaError_t launch_cast_with_transpose(const void* x, int x_dtype, int64_t ld_x,
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
     constexpr int kSmem = cast_with_transpose_smem_bytes<T>();
     if (cudaError_t err = allow_dynamic_smem(cast_with_transpose_kernel<T>, kSmem)) return err;
-    cast_with_transpose_kernel<T><<<blocks, kTileThreads, kSmem, stream>>>(
-        static_cast<const T*>(x), ld_x, static_cast<uint8_t*>(q), s, static_cast<uint8_t*>(qt),
-        st, rows, cols, s_padded_rows, st_padded_rows, pow2_scale);
-    return cudaGetLastError();
+    return launch_kernel(cast_with_transpose_kernel<T>, blocks, kTileThreads, kSmem, stream, false,
+                         static_cast<const T*>(x), ld_x, static_cast<uint8_t*>(q), s, static_cast<uint8_t*>(qt),
+                         st, rows, cols, s_padded_rows, st_padded_rows, pow2_scale);
   });
 }
 
@@ -131,10 +129,9 @@ cudaError_t launch_transpose_block_fp8(const void* q, const float* s, void* qt, 
   const int64_t tile_rows = ceil_div(rows, kTile), tile_cols = ceil_div(cols, kTile);
   unsigned blocks = 0;
   if (cudaError_t err = grid_for(batch * tile_rows * tile_cols, 1, &blocks)) return err;
-  transpose_block_fp8_kernel<<<blocks, kTileThreads, 0, stream>>>(
-      static_cast<const uint8_t*>(q), s, static_cast<uint8_t*>(qt), st, rows, cols, tile_rows,
-      tile_cols);
-  return cudaGetLastError();
+  return launch_kernel(transpose_block_fp8_kernel, blocks, kTileThreads, 0, stream, false,
+                       static_cast<const uint8_t*>(q), s, static_cast<uint8_t*>(qt), st, rows, cols, tile_rows,
+                       tile_cols);
 }
 
 cudaError_t launch_dequantize(const void* q, const float* s, void* out, int out_dtype,
@@ -149,17 +146,14 @@ cudaError_t launch_dequantize(const void* q, const float* s, void* out, int out_
   const auto* q8 = static_cast<const uint8_t*>(q);
   switch (static_cast<DType>(out_dtype)) {
     case DType::kBF16:
-      dequantize_kernel<<<blocks, kThreads, 0, stream>>>(q8, s, static_cast<__nv_bfloat16*>(out), num_rows,
-                                                         cols, rows_per_batch, block_rows, strides);
-      break;
+      return launch_kernel(dequantize_kernel<__nv_bfloat16>, blocks, kThreads, 0, stream, false, q8, s,
+                           static_cast<__nv_bfloat16*>(out), num_rows, cols, rows_per_batch, block_rows, strides);
     case DType::kF32:
-      dequantize_kernel<<<blocks, kThreads, 0, stream>>>(q8, s, static_cast<float*>(out), num_rows,
-                                                         cols, rows_per_batch, block_rows, strides);
-      break;
+      return launch_kernel(dequantize_kernel<float>, blocks, kThreads, 0, stream, false, q8, s,
+                           static_cast<float*>(out), num_rows, cols, rows_per_batch, block_rows, strides);
     default:
       return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace dx

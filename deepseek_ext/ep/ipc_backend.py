@@ -195,7 +195,7 @@ class IpcEngine:
         return raw.view(torch.int32).view(self.num_ranks, cols).tolist()
 
     def _launch_dispatch(self, p) -> None:
-        ops.launch_dispatch([p, self.num_sms], torch.cuda.current_stream(self.device).cuda_stream)
+        ops.launch_dispatch([p, self.num_sms], self.device)
 
     def _receive(self, p, region, topk, dtype, fp8, alignment, worst_case, routing) -> DispatchResult:
         """Launches p (whose flags say what it pushes) and lays out what this region received."""
@@ -286,7 +286,7 @@ class IpcEngine:
         p.topk = handle.token_rows.shape[1] if handle.token_rows is not None else 0
         if handle.token_rows is not None:
             p.token_rows, p.row_weight = handle.token_rows.data_ptr(), handle.row_weight.data_ptr()
-        ops.launch_combine([p, self.num_sms], torch.cuda.current_stream(self.device).cuda_stream)
+        ops.launch_combine([p, self.num_sms], self.device)
         return out
 
 

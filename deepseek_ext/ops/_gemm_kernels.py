@@ -21,7 +21,7 @@ def fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Te
     ld_sb = sb.stride(-1) if sb_per_row else sb.shape[1]
     _launch.call("fp8_gemm_nt", a.data_ptr(), k, sa.data_ptr(), sa.stride(-1), b.data_ptr(), k,
                  sb.data_ptr(), ld_sb, sb_per_row, out.data_ptr(), _launch.DTYPE_CODE[out.dtype],
-                 0 if c is None else c.data_ptr(), m, n, k, get_num_sms(), _launch.stream_handle(a))
+                 0 if c is None else c.data_ptr(), m, n, k, get_num_sms(), _launch.stream_handle(a), device=a.device)
     return out
 
 
@@ -33,7 +33,7 @@ def m_grouped_fp8_gemm_nt_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch
     (m, k), (groups, n) = a.shape, b.shape[:2]
     _launch.call("m_grouped_fp8_gemm_nt_contiguous", a.data_ptr(), sa.data_ptr(), sa.stride(-1), b.data_ptr(),
                  sb.data_ptr(), m_indices.data_ptr(), out.data_ptr(), _launch.DTYPE_CODE[out.dtype], m, n, k,
-                 groups, get_num_sms(), _launch.stream_handle(a))
+                 groups, get_num_sms(), _launch.stream_handle(a), device=a.device)
     return out
 
 
@@ -45,7 +45,7 @@ def m_grouped_fp8_gemm_nt_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Ten
     groups, m_max, k = a.shape
     _launch.call("m_grouped_fp8_gemm_nt_masked", a.data_ptr(), sa.data_ptr(), sa.stride(-1), b.data_ptr(),
                  sb.data_ptr(), masked_m.data_ptr(), out.data_ptr(), _launch.DTYPE_CODE[out.dtype], groups,
-                 m_max, b.shape[1], k, expected_m, get_num_sms(), _launch.stream_handle(a))
+                 m_max, b.shape[1], k, expected_m, get_num_sms(), _launch.stream_handle(a), device=a.device)
     return out
 
 
@@ -58,5 +58,5 @@ def k_grouped_fp8_gemm_tn_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch
     (n, t), k = a.shape, b.shape[0]
     _launch.call("k_grouped_fp8_gemm_tn_contiguous", a.data_ptr(), sa.data_ptr(), sa.stride(-1), b.data_ptr(),
                  sb.data_ptr(), sb.stride(-1), k_offsets.data_ptr(), out.data_ptr(),
-                 0 if c is None else c.data_ptr(), out.shape[0], n, k, t, get_num_sms(), _launch.stream_handle(a))
+                 0 if c is None else c.data_ptr(), out.shape[0], n, k, t, get_num_sms(), _launch.stream_handle(a), device=a.device)
     return out

@@ -106,7 +106,7 @@ def _dispatch_layout(topk_idx: torch.Tensor, num_experts: int, num_ranks: int, n
     outs = _layout_outputs(topk_idx, num_experts, num_ranks)
     idx = topk_idx.to(torch.int64).contiguous()
     _launch.call("ep_dispatch_layout", idx.data_ptr(), idx.shape[0], idx.shape[1], num_experts, num_ranks,
-                 *(o.data_ptr() for o in outs), error_word.data_ptr(), num_sms, _launch.stream_handle(idx))
+                 *(o.data_ptr() for o in outs), error_word.data_ptr(), num_sms, _launch.stream_handle(idx), device=idx.device)
     return outs
 
 
@@ -129,13 +129,13 @@ def dispatch_layout(topk_idx: torch.Tensor, num_experts: int, num_ranks: int, nu
 
 # --- kernel launches (CUDA IPC backend) ------------------------------------------------------
 
-def launch_dispatch(args: list, stream: int) -> None:
+def launch_dispatch(args: list, device: torch.device) -> None:
     """Runs the dispatch kernel; args are the integers deepseek_ext.ep.ipc_backend prepares."""
-    _launch.call("ep_dispatch", *args, stream)
+    _launch.call("ep_dispatch", *args, _launch.stream_handle_of(device), device=device)
 
 
-def launch_combine(args: list, stream: int) -> None:
-    _launch.call("ep_combine", *args, stream)
+def launch_combine(args: list, device: torch.device) -> None:
+    _launch.call("ep_combine", *args, _launch.stream_handle_of(device), device=device)
 
 
 def check_y(y: torch.Tensor, rows: int, hidden: int) -> None:

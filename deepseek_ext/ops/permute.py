@@ -55,7 +55,7 @@ def _permute_kernels(x, x_scales, topk_idx, num_experts: int, alignment: int):
     counts = torch.zeros(num_experts + 1, dtype=torch.int32, device=x.device)
     inverse_map = torch.empty((num_tokens, topk), dtype=torch.int32, device=x.device)
     _launch.call("count_experts", idx.data_ptr(), pairs, num_experts, counts.data_ptr(), inverse_map.data_ptr(),
-                 stream)
+                 stream, device=x.device)
     per_expert = counts.tolist()  # the one sync: the output size depends on the routing
     if per_expert[-1]:
         _raise_bad_experts(topk_idx, num_experts)
@@ -66,11 +66,11 @@ def _permute_kernels(x, x_scales, topk_idx, num_experts: int, alignment: int):
     out, out_scales, m_indices = _row_outputs(x, rows, scale_cols)
     row_token = torch.empty(rows, dtype=torch.int32, device=x.device)
     _launch.call("grouped_layout", idx.data_ptr(), pairs, topk, counts.data_ptr(), num_experts, alignment,
-                 row_token.data_ptr(), m_indices.data_ptr(), inverse_map.data_ptr(), stream)
+                 row_token.data_ptr(), m_indices.data_ptr(), inverse_map.data_ptr(), stream, device=x.device)
     _launch.call("permute_rows", x.data_ptr(), x.shape[1] * x.element_size(),
                  0 if x_scales is None else x_scales.data_ptr(), 0 if x_scales is None else x_scales.stride(1),
                  scale_cols, row_token.data_ptr(), rows, out.data_ptr(), out_scales.data_ptr(),
-                 out_scales.stride(1), stream)
+                 out_scales.stride(1), stream, device=x.device)
     return out, out_scales, m_indices, inverse_map
 
 
@@ -142,7 +142,7 @@ def _unpermute_from_grouped(y: torch.Tensor, inverse_map: torch.Tensor, topk_wei
     out = torch.empty((inverse_map.shape[0], y.shape[1]), dtype=torch.bfloat16, device=y.device)
     _launch.call("unpermute", y.data_ptr(), _launch.DTYPE_CODE[y.dtype], inverse_map.data_ptr(),
                  topk_weights.data_ptr(), inverse_map.shape[0], inverse_map.shape[1], y.shape[1], out.data_ptr(),
-                 _launch.stream_handle(y))
+                 _launch.stream_handle(y), device=y.device)
     return out
 
 

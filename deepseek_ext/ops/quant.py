@@ -44,7 +44,7 @@ def _per_token_cast_to_fp8(x: torch.Tensor, pow2_scale: bool) -> tuple[torch.Ten
     q, s = _per_token_outputs(x, k)
     _launch.call("per_token_cast_to_fp8", x.data_ptr(), _launch.DTYPE_CODE[x.dtype], row_stride(x, "x"),
                  q.data_ptr(), s.data_ptr(), _rows(x), k, x.shape[-2], s.stride(-1), pow2_scale,
-                 _launch.stream_handle(x))
+                 _launch.stream_handle(x), device=x.device)
     return q, s
 
 
@@ -74,7 +74,7 @@ def _swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool) -> tuple[torch.
     q, s = _per_token_outputs(gate_up, inter)
     _launch.call("swiglu_cast_to_fp8", gate_up.data_ptr(), _launch.DTYPE_CODE[gate_up.dtype],
                  row_stride(gate_up, "gate_up"), q.data_ptr(), s.data_ptr(), _rows(q), inter,
-                 gate_up.shape[-2], s.stride(-1), pow2_scale, _launch.stream_handle(gate_up))
+                 gate_up.shape[-2], s.stride(-1), pow2_scale, _launch.stream_handle(gate_up), device=gate_up.device)
     return q, s
 
 
@@ -109,7 +109,7 @@ def _per_block_cast_to_fp8(w: torch.Tensor, pow2_scale: bool) -> tuple[torch.Ten
     q, s = _per_block_outputs(w)
     _launch.call("per_block_cast_to_fp8", w.data_ptr(), _launch.DTYPE_CODE[w.dtype], row_stride(w, "w"),
                  q.data_ptr(), s.data_ptr(), _rows(w), w.shape[-2], w.shape[-1], pow2_scale,
-                 _launch.stream_handle(w))
+                 _launch.stream_handle(w), device=w.device)
     return q, s
 
 
@@ -145,7 +145,7 @@ def _per_token_cast_to_fp8_with_transpose(
     m, k = x.shape
     _launch.call("cast_with_transpose", x.data_ptr(), _launch.DTYPE_CODE[x.dtype], row_stride(x, "x"),
                  q.data_ptr(), s.data_ptr(), qt.data_ptr(), st.data_ptr(), m, k, s.stride(-1),
-                 st.stride(-1), pow2_scale, _launch.stream_handle(x))
+                 st.stride(-1), pow2_scale, _launch.stream_handle(x), device=x.device)
     return q, s, qt, st
 
 
@@ -181,7 +181,7 @@ def _transpose_block_fp8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor
     n, k = q.shape[-2:]
     batch = q.numel() // (n * k) if n * k else 0
     _launch.call("transpose_block_fp8", q.data_ptr(), s.data_ptr(), qt.data_ptr(), st.data_ptr(),
-                 batch, n, k, _launch.stream_handle(q))
+                 batch, n, k, _launch.stream_handle(q), device=q.device)
     return qt, st
 
 
@@ -225,7 +225,7 @@ def _dequantize(q: torch.Tensor, s: torch.Tensor, block_rows: int, out_dtype: to
     out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
     _launch.call("dequantize", q.data_ptr(), s.data_ptr(), out.data_ptr(), _launch.DTYPE_CODE[out_dtype],
                  _rows(q), q.shape[-1], q.shape[-2], block_rows, _scale_batch_stride(s), s.stride(-2),
-                 s.stride(-1), _launch.stream_handle(q))
+                 s.stride(-1), _launch.stream_handle(q), device=q.device)
     return out
 
 

@@ -8,6 +8,15 @@
 #define DX_HOST_DEVICE inline
 #endif
 
+// The emulation build (csrc/emu/runtime.h) gives the ptx/ wrappers a defaulted caller-site
+// parameter (_FIRST: the only one; DX_SITE_ARG passes it on) for its deadlock reports; on the GPU
+// all three are nothing.
+#ifndef DX_SITE_PARAM
+#define DX_SITE_PARAM
+#define DX_SITE_PARAM_FIRST
+#define DX_SITE_ARG
+#endif
+
 namespace dx {
 
 constexpr int kQuantGroup = 128;       // elements sharing one FP8 scale along the quantized dim

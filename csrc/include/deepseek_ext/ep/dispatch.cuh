@@ -8,6 +8,7 @@
 #include "deepseek_ext/ep/copy.cuh"
 #include "deepseek_ext/ep/params.cuh"
 #include "deepseek_ext/ep/recv_index.cuh"
+#include "deepseek_ext/shared_memory.cuh"
 
 namespace dx::ep {
 
@@ -152,7 +153,7 @@ __device__ __forceinline__ void mark_tails(const DispatchParams& p, int64_t num_
 }
 
 __global__ void __launch_bounds__(kThreads, 1) dispatch_kernel(const DispatchParams p) {
-  extern __shared__ int smem[];
+  int* smem = dynamic_shared_memory<int>();
   const Ctrl c = ctrl_of(p.local, p.layout);
   GridClock clock = start_grid_clock(c);
   const int lane = threadIdx.x % 32;

@@ -10,6 +10,7 @@
 #include "deepseek_ext/gemm/producer.cuh"
 #include "deepseek_ext/ptx/mbarrier.cuh"
 #include "deepseek_ext/ptx/warpgroup.cuh"
+#include "deepseek_ext/shared_memory.cuh"
 
 namespace dx::gemm {
 
@@ -23,7 +24,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr SmemLayout kLayout = layout_for(sizeof(OutT), kBlockN);
   static_assert(kLayout.stages >= 4 && kLayout.request_bytes() <= kMaxSharedBytes, "smem");
   static_assert(kLayout.staging(0) % kSwizzleAtomBytes == 0, "staging alignment");
-  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem_raw = dynamic_shared_memory<uint8_t>();
   // Swizzle atoms and TMA boxes need 1024-byte alignment; the launch requests the slack.
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t smem = static_cast<uint32_t>(align_up(raw, kSwizzleAtomBytes));

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "deepseek_ext/quant/scale_math.cuh"
+#include "deepseek_ext/shared_memory.cuh"
 #include "deepseek_ext/quant/store.cuh"
 #include "deepseek_ext/quant/tile_load.cuh"
 
@@ -34,7 +35,7 @@ __global__ void __launch_bounds__(kTileThreads, 3) cast_with_transpose_kernel(
     int64_t s_padded_rows, int64_t st_padded_rows, bool pow2_scale) {
   using Shape = TileShape<T>;
   using Pack = ColumnPack<T>;
-  extern __shared__ __align__(16) uint8_t tile_smem[];
+  uint8_t* tile_smem = dynamic_shared_memory<uint8_t>();
   const int64_t row_groups = ceil_div(rows, kTile), col_groups = ceil_div(cols, kTile);
   const TileCoord tile = tile_coord(blockIdx.x, row_groups, col_groups);
   const int64_t row0 = tile.row * kTile, col0 = tile.col * kTile;

@@ -1,0 +1,426 @@
+// Fiber scheduler of the emulation build: launches, blocks, warps, barriers, warp collectives,
+// shared memory, and the deadlock report.
+#include "emu/scheduler.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+// The static __shared__ section (runtime.h); hidden so each module swaps its own.
+extern "C" {
+extern uint8_t __start_dx_shared[] __attribute__((weak, visibility("hidden")));
+extern uint8_t __stop_dx_shared[] __attribute__((weak, visibility("hidden")));
+}
+
+namespace dx::emu {
+
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;  // reserved, not committed: pages appear when touched
+constexpr uint8_t kPoison = 0xff;           // fresh shared memory: NaN as floats, -1 as integers
+
+struct EmulationFault {
+  std::string message;
+};
+
+struct Launch {
+  std::function<void()>* body = nullptr;
+  dim3 grid, block;
+  std::vector<std::unique_ptr<Block>> blocks;  // resident blocks of the current wave
+  Fiber* current = nullptr;
+  Block* static_owner = nullptr;  // whose copy sits in the static shared section
+  jmp_buf main_context;
+  bool progress = false, memory_progress = false;
+  bool failed = false;
+  std::string failure;
+};
+
+thread_local Launch* g_launch = nullptr;
+std::mutex g_launch_mutex;  // one emulated launch at a time per process
+
+size_t static_shared_bytes() { return static_cast<size_t>(__stop_dx_shared - __start_dx_shared); }
+
+// Stacks of one wave, reserved once and reused by later launches.
+struct StackPool {
+  uint8_t* base = nullptr;
+  size_t count = 0;
+  void reserve(size_t needed) {
+    if (needed > count) {
+      if (base != nullptr) munmap(base, count * kStackBytes);
+      void* p = mmap(nullptr, needed * kStackBytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) throw EmulationFault{"cannot reserve fiber stacks"};
+      base = static_cast<uint8_t*>(p);
+      count = needed;
+    }
+  }
+  uint8_t* get(size_t i) const { return base + i * kStackBytes; }
+};
+StackPool g_stacks;
+
+const char* short_path(const char* file) {
+  if (file == nullptr) return "?";
+  const char* p = std::strstr(file, "csrc/");
+  return p != nullptr ? p : file;
+}
+
+std::string where(Site site) {
+  return std::string(short_path(site.file)) + ":" + std::to_string(site.line);
+}
+
+void own_static_shared(Launch& l, Block* b) {
+  const size_t bytes = static_shared_bytes();
+  if (l.static_owner == b || bytes == 0) return;
+  if (l.static_owner != nullptr) std::memcpy(l.static_owner->static_bytes.data(), __start_dx_shared, bytes);
+  std::memcpy(__start_dx_shared, b->static_bytes.data(), bytes);
+  l.static_owner = b;
+}
+
+void fiber_main() {
+  Launch& l = *g_launch;
+  Fiber& f = *l.current;
+  try {
+    (*l.body)();
+  } catch (const EmulationFault& e) {
+    if (!l.failed) l.failed = true, l.failure = e.message;
+  } catch (const std::exception& e) {
+    if (!l.failed) l.failed = true, l.failure = describe(f) + ": " + e.what();
+  }
+  f.done = true;
+  f.block->live -= 1;
+  l.progress = true;
+  _longjmp(l.main_context, 1);
+}
+
+void run_fiber(Launch& l, Fiber& f) {
+  own_static_shared(l, f.block);
+  l.current = &f;
+  if (_setjmp(l.main_context) == 0) {
+    if (f.started) _longjmp(f.context, 1);
+    f.started = true;
+    ucontext_t entry;
+    getcontext(&entry);
+    entry.uc_stack.ss_sp = f.stack;
+    entry.uc_stack.ss_size = kStackBytes;
+    entry.uc_link = nullptr;
+    makecontext(&entry, fiber_main, 0);
+    setcontext(&entry);
+  }
+  l.current = nullptr;
+}
+
+std::unique_ptr<Block> make_block(Launch& l, int64_t linear, size_t dynamic_smem, size_t stack_base) {
+  auto b = std::make_unique<Block>();
+  b->index = uint3{static_cast<unsigned>(linear % l.grid.x), static_cast<unsigned>(linear / l.grid.x % l.grid.y),
+                   static_cast<unsigned>(linear / (int64_t{l.grid.x} * l.grid.y))};
+  b->threads = static_cast<int>(l.block.x * l.block.y * l.block.z);
+  b->live = b->threads;
+  b->warps.resize((b->threads + kWarpSize - 1) / kWarpSize);
+  b->warpgroups.resize((b->threads + kWarpgroupThreads - 1) / kWarpgroupThreads);
+  b->dynamic_bytes.assign(dynamic_smem, kPoison);
+  b->dynamic = SharedView{b->dynamic_bytes.data(), kDynamicWindowBase, static_cast<uint32_t>(dynamic_smem)};
+  b->static_bytes.assign(static_shared_bytes(), kPoison);
+  for (int t = 0; t < b->threads; ++t) {
+    auto f = std::make_unique<Fiber>();
+    f->tid = t;
+    f->thread = uint3{t % l.block.x, t / l.block.x % l.block.y, t / (l.block.x * l.block.y)};
+    f->block = b.get();
+    f->stack = g_stacks.get(stack_base + t);
+    b->fibers.push_back(std::move(f));
+  }
+  return b;
+}
+
+// One line per warp and wait site: which lanes wait where, on what.
+std::string deadlock_report(const Launch& l) {
+  std::ostringstream out;
+  out << "deadlock: no thread of the launch can make progress";
+  int lines = 0;
+  for (const auto& b : l.blocks) {
+    for (size_t w = 0; w < b->warps.size(); ++w) {
+      std::map<std::string, uint32_t> lanes_at;
+      for (int lane = 0; lane < kWarpSize; ++lane) {
+        const size_t t = w * kWarpSize + lane;
+        if (t >= b->fibers.size() || b->fibers[t]->done) continue;
+        const Fiber& f = *b->fibers[t];
+        lanes_at[where(f.site) + " waiting on " + f.waiting_on] |= 1u << lane;
+      }
+      for (const auto& [what, mask] : lanes_at) {
+        if (++lines > 48) {
+          out << "\n  ...";
+          return out.str();
+        }
+        char lanes[16];
+        std::snprintf(lanes, sizeof(lanes), "%08x", mask);
+        out << "\n  block (" << b->index.x << "," << b->index.y << "," << b->index.z << ") warp " << w
+            << " lanes " << lanes << ": " << what;
+      }
+    }
+  }
+  return out.str();
+}
+
+bool any_external_wait(const Launch& l) {
+  for (const auto& b : l.blocks)
+    for (const auto& f : b->fibers)
+      if (!f->done && f->external_wait) return true;
+  return false;
+}
+
+// Runs the resident blocks round by round until they finish, fail or deadlock.
+void run_wave(Launch& l) {
+  while (true) {
+    bool live = false;
+    l.progress = l.memory_progress = false;
+    for (auto& b : l.blocks) {
+      for (auto& f : b->fibers) {
+        if (f->done) continue;
+        live = true;
+        run_fiber(l, *f);
+        if (l.failed) return;
+      }
+    }
+    if (!live) return;
+    try {
+      run_async_units();
+    } catch (const EmulationFault& e) {
+      l.failed = true, l.failure = e.message;
+      return;
+    }
+    if (l.progress) continue;
+    if (any_external_wait(l)) {  // another process may still write what these threads poll
+      if (!l.memory_progress) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      continue;
+    }
+    l.failed = true;
+    l.failure = deadlock_report(l);
+    return;
+  }
+}
+
+std::map<const void*, uint32_t>& smem_limits() {
+  static std::map<const void*, uint32_t> limits;
+  return limits;
+}
+
+thread_local std::string g_last_error;
+
+}  // namespace
+
+Fiber& current() {
+  if (g_launch == nullptr || g_launch->current == nullptr) throw std::logic_error("device code outside a launch");
+  return *g_launch->current;
+}
+
+void yield(bool progress) {
+  Launch& l = *g_launch;
+  if (progress) l.progress = true;
+  Fiber& f = *l.current;
+  if (_setjmp(f.context) == 0) _longjmp(l.main_context, 1);
+}
+
+void note_progress() {
+  g_launch->progress = true;
+  g_launch->memory_progress = true;
+}
+
+std::string describe(const Fiber& f) {
+  std::ostringstream out;
+  out << "block (" << f.block->index.x << "," << f.block->index.y << "," << f.block->index.z << ") thread "
+      << f.tid << " (warp " << f.tid / kWarpSize << ", lane " << f.tid % kWarpSize << ")";
+  return out.str();
+}
+
+void fault(const std::string& message, Site site) {
+  std::string text = message;
+  if (g_launch != nullptr && g_launch->current != nullptr) text = describe(*g_launch->current) + ": " + text;
+  if (site.file != nullptr) text += " (at " + where(site) + ")";
+  throw EmulationFault{text};
+}
+
+const uint3& thread_idx() { return current().thread; }
+const uint3& block_idx() { return current().block->index; }
+const dim3& block_dim() { return g_launch->block; }
+const dim3& grid_dim() { return g_launch->grid; }
+
+const std::string& last_launch_error() { return g_last_error; }
+
+void set_max_dynamic_shared_memory(const void* kernel, uint32_t bytes) { smem_limits()[kernel] = bytes; }
+
+cudaError_t launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, bool cooperative,
+                   std::function<void()> body) {
+  const std::lock_guard<std::mutex> guard(g_launch_mutex);
+  const int64_t blocks = int64_t{grid.x} * grid.y * grid.z;
+  const int64_t threads = int64_t{block.x} * block.y * block.z;
+  if (blocks == 0 || threads == 0 || threads > 1024) return cudaErrorInvalidConfiguration;
+  const auto limit = smem_limits().find(kernel);
+  const uint32_t allowed = limit == smem_limits().end() ? kDefaultSharedBytes : limit->second;
+  if (dynamic_smem > std::min(allowed, kMaxSharedBytes)) return cudaErrorInvalidValue;
+  if (cooperative && blocks > kSmCount) return cudaErrorCooperativeLaunchTooLarge;
+  Launch l;
+  l.body = &body;
+  l.grid = grid;
+  l.block = block;
+  g_launch = &l;
+  try {
+    for (int64_t first = 0; first < blocks && !l.failed;) {
+      const int64_t wave = cooperative ? blocks : std::min<int64_t>(blocks - first, kSmCount);
+      l.blocks.clear();
+      g_stacks.reserve(static_cast<size_t>(wave * threads));
+      for (int64_t i = 0; i < wave; ++i)
+        l.blocks.push_back(make_block(l, first + i, dynamic_smem, static_cast<size_t>(i * threads)));
+      run_wave(l);
+      first += wave;
+    }
+  } catch (const EmulationFault& e) {
+    l.failed = true, l.failure = e.message;
+  }
+  g_launch = nullptr;
+  reset_async_units();
+  if (!l.failed) return cudaSuccess;
+  g_last_error = "emulated kernel failed: " + l.failure;
+  return l.failure.rfind("deadlock", 0) == 0 ? cudaErrorLaunchTimeout : cudaErrorLaunchFailure;
+}
+
+// --- shared memory -------------------------------------------------------------------------------
+
+uint8_t* dynamic_shared_memory() { return current().block->dynamic_bytes.data(); }
+
+uint32_t shared_window_address(const void* p) {
+  Block& b = *current().block;
+  const auto* byte = static_cast<const uint8_t*>(p);
+  if (byte >= b.dynamic_bytes.data() && byte < b.dynamic_bytes.data() + b.dynamic_bytes.size())
+    return kDynamicWindowBase + static_cast<uint32_t>(byte - b.dynamic_bytes.data());
+  if (byte >= __start_dx_shared && byte < __stop_dx_shared)
+    return kStaticWindowBase + static_cast<uint32_t>(byte - __start_dx_shared);
+  fault("__cvta_generic_to_shared of an address outside the block's shared memory", Site{nullptr, 0});
+}
+
+const SharedView& async_shared(Block& b) {
+  if (b.async_bytes.empty()) {  // first async access: the proxy has seen no generic write yet
+    b.async_bytes.assign(b.dynamic_bytes.size(), kPoison);
+    b.async_view = SharedView{b.async_bytes.data(), kDynamicWindowBase, b.dynamic.size};
+  }
+  if (b.proxy_fence_pending) {  // fence.proxy.async: generic writes so far become visible to it
+    std::memcpy(b.async_bytes.data(), b.dynamic_bytes.data(), b.dynamic_bytes.size());
+    b.proxy_fence_pending = false;
+  }
+  return b.async_view;
+}
+
+// --- block barriers and warp collectives ------------------------------------------------------------
+
+void barrier_sync(uint32_t id, uint32_t threads, Site site) {
+  Fiber& f = current();
+  Block& b = *f.block;
+  if (id >= kNamedBarriers) fault("bar.sync barrier id " + std::to_string(id) + " is not in [0, 16)", site);
+  if (threads % kWarpSize != 0 || threads > static_cast<uint32_t>(b.threads))
+    fault("bar.sync thread count " + std::to_string(threads) + " must be a multiple of 32 within the block", site);
+  BarrierState& bar = b.barriers[id];
+  const uint32_t expected = threads == 0 ? 0 : threads;  // 0: every thread that has not exited
+  if (bar.arrived == 0) bar.expected = expected;
+  if (bar.expected != expected)
+    fault("bar.sync " + std::to_string(id) + " with " + std::to_string(threads) + " threads while others wait for " +
+              std::to_string(bar.expected),
+          site);
+  bar.arrived += 1;
+  const uint64_t generation = bar.generation;
+  // Whole-block barriers count threads that have exited as arrived.
+  const auto released = [&] {
+    if (bar.generation == generation && bar.arrived == (bar.expected == 0 ? static_cast<uint32_t>(b.live) : bar.expected)) {
+      bar.arrived = 0;
+      bar.generation += 1;
+      g_launch->progress = true;
+    }
+    return bar.generation != generation;
+  };
+  wait_until(released, site, "barrier " + std::to_string(id));
+}
+
+uint64_t warp_shuffle(int kind, uint32_t mask, uint64_t value, int arg, int width, Site site) {
+  Fiber& f = current();
+  Block& b = *f.block;
+  WarpState& w = b.warps[f.tid / kWarpSize];
+  const int lane = f.tid % kWarpSize;
+  if ((mask >> lane & 1u) == 0) fault("warp collective called by a lane outside its mask", site);
+  if (width < 1 || width > kWarpSize || (width & (width - 1)) != 0) fault("shuffle width must be a power of 2 <= 32", site);
+  if (w.arrived == 0) {
+    w.mask = mask, w.kind = kind, w.site = site;
+  } else if (w.mask != mask || w.kind != kind) {
+    fault("divergent warp collective: this lane arrives with mask " + std::to_string(mask) + " while lanes " +
+              std::to_string(w.arrived) + " wait at " + where(w.site) + " with mask " + std::to_string(w.mask),
+          site);
+  }
+  w.values[lane] = value, w.args[lane] = arg, w.widths[lane] = width;
+  w.arrived |= 1u << lane;
+  const uint64_t generation = w.generation;
+  if (w.arrived == w.mask) {
+    uint64_t ballot = 0;
+    for (int i = 0; i < kWarpSize; ++i)
+      if ((w.mask >> i & 1u) && w.values[i] != 0) ballot |= 1ull << i;
+    for (int i = 0; i < kWarpSize; ++i) {
+      if ((w.mask >> i & 1u) == 0) continue;
+      const int segment = i & ~(w.widths[i] - 1), in_segment = i - segment;
+      int src = i;
+      switch (w.kind) {
+        case kShflIdx: src = segment + (w.args[i] & (w.widths[i] - 1)); break;
+        case kShflXor: src = in_segment ^ w.args[i]; src = src < w.widths[i] ? segment + src : i; break;
+        case kShflUp: src = in_segment >= w.args[i] ? i - w.args[i] : i; break;
+        case kShflDown: src = in_segment + w.args[i] < w.widths[i] ? i + w.args[i] : i; break;
+        default: break;
+      }
+      if ((w.mask >> src & 1u) == 0) src = i;  // the ISA leaves a source outside the mask undefined
+      w.results[i] = w.kind == kBallot ? ballot : w.values[src];
+    }
+    w.arrived = 0;
+    w.generation += 1;
+    g_launch->progress = true;
+  } else {
+    wait_until([&] { return w.generation != generation; }, site, "warp collective");
+  }
+  return w.results[lane];
+}
+
+void warpgroup_setmaxnreg(bool increase, int registers, Site site) {
+  Fiber& f = current();
+  Block& b = *f.block;
+  if (b.threads % kWarpgroupThreads != 0) fault("setmaxnreg in a block that is not whole warpgroups", site);
+  if (registers < 24 || registers > 256 || registers % 8 != 0)
+    fault("setmaxnreg count " + std::to_string(registers) + " must be a multiple of 8 in [24, 256]", site);
+  WarpgroupState& wg = b.warpgroups[f.tid / kWarpgroupThreads];
+  const int value = increase ? registers : -registers;
+  if (wg.arrived == 0) wg.value = value, wg.site = site;
+  if (wg.value != value)
+    fault("setmaxnreg differs inside the warpgroup (" + std::to_string(value) + " vs " + std::to_string(wg.value) +
+              " at " + where(wg.site) + ")",
+          site);
+  const uint64_t generation = wg.generation;
+  if (++wg.arrived < kWarpgroupThreads) {
+    wait_until([&] { return wg.generation != generation; }, site, "setmaxnreg (warpgroup)");
+    return;
+  }
+  if (wg.registers != 0 && (increase ? registers < wg.registers : registers > wg.registers))
+    fault("setmaxnreg." + std::string(increase ? "inc" : "dec") + " from " + std::to_string(wg.registers) + " to " +
+              std::to_string(registers),
+          site);
+  wg.registers = registers;
+  int64_t total = 0;
+  bool all_set = true;
+  for (const WarpgroupState& other : b.warpgroups) {
+    total += int64_t{other.registers} * kWarpgroupThreads;
+    all_set = all_set && other.registers != 0;
+  }
+  if (all_set && total > 65536)
+    fault("setmaxnreg budgets need " + std::to_string(total) + " registers; an SM has 65536", site);
+  wg.arrived = 0;
+  wg.generation += 1;
+  g_launch->progress = true;
+}
+
+}  // namespace dx::emu

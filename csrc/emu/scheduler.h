@@ -1,0 +1,138 @@
+// The emulator's execution model: every CUDA thread of a launch is a fiber on the launching OS
+// thread, switched cooperatively at blocking points (barriers, warp collectives, mbarrier and
+// flag polls, wgmma and bulk-copy waits). State shared by scheduler.cpp and async_units.cpp.
+#pragma once
+#include <csetjmp>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "emu/runtime.h"
+#include "emu/shared_view.h"
+
+namespace dx::emu {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarpgroupThreads = 128;
+constexpr int kNamedBarriers = 16;
+constexpr int kSmCount = 132;                    // H200: blocks of one wave, cooperative limit
+constexpr uint32_t kDefaultSharedBytes = 48 * 1024;  // dynamic smem without the opt-in attribute
+constexpr uint32_t kMaxSharedBytes = 232448;     // sm_90 opt-in limit per block
+constexpr uint32_t kDynamicWindowBase = 16;      // the runtime guarantees only 16-byte alignment
+constexpr uint32_t kStaticWindowBase = 0x40000;  // static __shared__ variables: above any dynamic
+
+struct Block;
+
+struct Fiber {
+  jmp_buf context;
+  void* stack = nullptr;
+  uint3 thread{};
+  int tid = 0;  // linear index in the block
+  Block* block = nullptr;
+  bool started = false, done = false;
+  // Where it waits and why (for deadlock reports), and whether that wait is on another process.
+  Site site{nullptr, 0};
+  std::string waiting_on;
+  bool external_wait = false;
+  bool fenced = false;  // a fence since its last flag write: its next relaxed flag write releases
+  // cp.async.bulk groups this thread committed (ids of store batches still reading or writing).
+  std::deque<uint64_t> bulk_groups;
+  std::vector<uint64_t> bulk_uncommitted;
+};
+
+struct BarrierState {
+  uint32_t arrived = 0, expected = 0;
+  uint64_t generation = 0;
+};
+
+struct WarpState {
+  uint32_t arrived = 0, mask = 0;
+  int kind = -1;
+  Site site{nullptr, 0};
+  uint64_t generation = 0;
+  uint64_t values[kWarpSize] = {};
+  int args[kWarpSize] = {};
+  int widths[kWarpSize] = {};
+  uint64_t results[kWarpSize] = {};
+};
+
+// One wgmma.mma_async of a warpgroup: operands, each thread's accumulator registers and inputs.
+struct WgmmaOp {
+  int n = 0;
+  uint64_t desc_a = 0, desc_b = 0;
+  bool accumulate = false;
+  int chained_from = -1;           // index (in ops) of the pending op whose output is its input
+  float* registers[kWarpgroupThreads] = {};
+  std::vector<float> input;        // 64 x n, row-major (accumulate and not chained)
+  std::vector<float> output;       // 64 x n once computed
+  bool computed = false;
+};
+
+struct WarpgroupState {
+  // The current collective instruction (every wgmma/setmaxnreg is .sync.aligned over 128 threads).
+  uint32_t arrived = 0;
+  uint64_t generation = 0;
+  int kind = -1;
+  Site site{nullptr, 0};
+  int value = 0;
+  WgmmaOp building;
+  // Issued ops: uncommitted ones at the back, committed groups as index ranges.
+  std::vector<WgmmaOp> ops;
+  std::deque<int> group_ends;  // ops[..end) belong to committed groups, oldest first
+  int retired = 0;             // ops[..retired) are done
+  bool fenced = false;         // wgmma.fence since the last wait (accumulators may be read)
+  int registers = 0;           // setmaxnreg value (0: as launched)
+};
+
+struct Block {
+  uint3 index{};
+  int threads = 0, live = 0;
+  std::vector<std::unique_ptr<Fiber>> fibers;
+  std::vector<WarpState> warps;
+  std::vector<WarpgroupState> warpgroups;
+  BarrierState barriers[kNamedBarriers];
+  std::vector<uint8_t> dynamic_bytes;  // the dynamic shared memory
+  SharedView dynamic;                  // ... as the async units address it
+  std::vector<uint8_t> async_bytes;    // what the async proxy sees (set up on first use)
+  SharedView async_view;
+  bool proxy_fence_pending = false;    // generic writes fenced since async_view was refreshed
+  std::vector<uint8_t> static_bytes;   // this block's copy of the static __shared__ section
+};
+
+// The fiber running now (never null inside device code).
+Fiber& current();
+
+// Yields to the other fibers until the next round. `progress` says that the fiber moved on
+// (false for an unsatisfied poll, which counts toward deadlock detection).
+void yield(bool progress);
+// Blocks with a report line until `ready()`; the caller's state changes are progress.
+template <typename Ready>
+void wait_until(Ready ready, Site site, const std::string& what, bool external = false) {
+  Fiber& f = current();
+  while (!ready()) {
+    f.site = site;
+    f.waiting_on = what;
+    f.external_wait = external;
+    yield(false);
+  }
+  f.waiting_on.clear();
+}
+// Something other fibers may be waiting for changed.
+void note_progress();
+// Aborts the launch: reported as the launch's error with the current fiber's position.
+[[noreturn]] void fault(const std::string& message, Site site);
+// The block's shared memory seen by the async proxy (refreshed after fence.proxy.async).
+const SharedView& async_shared(Block& b);
+// Runs once per scheduler round after every fiber had its turn: queued TMA copies complete.
+void run_async_units();
+// Drops what a finished (or failed) launch left queued.
+void reset_async_units();
+// The detailed text of the last failed launch on this thread (cudaGetErrorString returns it).
+const std::string& last_launch_error();
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes).
+void set_max_dynamic_shared_memory(const void* kernel, uint32_t bytes);
+std::string describe(const Fiber& f);
+
+}  // namespace dx::emu
