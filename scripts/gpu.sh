@@ -39,8 +39,8 @@ export CMAKE_BUILD_PARALLEL_LEVEL CMAKE_GENERATOR=Ninja
 : > "$LOG/build.log"
 run "$T_INFO" "$LOG/build.log" nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
 echo "== build: $CMAKE_GENERATOR, CMAKE_BUILD_PARALLEL_LEVEL=$CMAKE_BUILD_PARALLEL_LEVEL" >> "$LOG/build.log"
-if [ -n "${DEEPSEEK_EXT_DEBUG_HANGS:-}" ]; then export DEEPSEEK_EXT_DEBUG_HANGS; fi  # build flag hook, for CMake
-run "$T_BUILD" "$LOG/build.log" env DEEPSEEK_EXT_PTXAS_VERBOSE=1 python -m pip install --no-build-isolation --no-deps -v -e .
+# The emulation module is for machines without a GPU: not built here.
+run "$T_BUILD" "$LOG/build.log" env DEEPSEEK_EXT_PTXAS_VERBOSE=1 DEEPSEEK_EXT_EMULATE=0 python -m pip install --no-build-isolation --no-deps -v -e .
 build_rc=$RC
 step build "$(grep -c 'spill stores' "$LOG/build.log") ptxas reports, $(grep -cE '[1-9][0-9]* bytes spill' "$LOG/build.log") with spills"
 so=$(find build -maxdepth 2 -name '_C*.so' 2>/dev/null | head -n 1)

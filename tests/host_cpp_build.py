@@ -13,9 +13,9 @@ GXX = shutil.which("g++")
 CUDA_INCLUDE = Path("/usr/local/cuda/include")
 
 
-def build_host_cpp(sources: list[str], out_dir: Path) -> Path:
+def build_host_cpp(sources: list[str], out_dir: Path, flags: tuple[str, ...] = ()) -> Path:
     """Compiles the repository-relative `sources` into one executable in out_dir, named after the last
-    source, and returns it (skips without g++ or cuda.h)."""
+    source, and returns it (skips without g++ or cuda.h). `flags` go to g++ after the sources."""
     if GXX is None:
         pytest.skip("needs g++")
     if not (CUDA_INCLUDE / "cuda.h").exists():
@@ -23,6 +23,6 @@ def build_host_cpp(sources: list[str], out_dir: Path) -> Path:
     exe = out_dir / Path(sources[-1]).stem
     proc = subprocess.run([GXX, "-std=c++17", "-O2", f"-I{CUDA_INCLUDE}", f"-I{ROOT / 'csrc'}",
                            f"-I{ROOT / 'csrc' / 'include'}", *(str(ROOT / s) for s in sources),
-                           "-o", str(exe)], capture_output=True, text=True)
+                           *flags, "-o", str(exe)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return exe

@@ -11,7 +11,8 @@ from deepseek_ext import _backend
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_backend_on_this_machine_matches_hardware():
+def test_backend_on_this_machine_matches_hardware(monkeypatch):
+    monkeypatch.delenv("DEEPSEEK_EXT_BACKEND", raising=False)
     assert isinstance(dx.has_cuda_ext(), bool)
     expect_cuda = (dx.has_cuda_ext() and torch.cuda.is_available()
                    and torch.cuda.get_device_capability() == (9, 0))
@@ -70,10 +71,23 @@ def test_set_num_sms_rejects(bad, exc, match, restore_num_sms):
         dx.set_num_sms(bad)
 
 
+def test_emulate_env_runs_the_host_build_on_cpu_tensors(monkeypatch):
+    monkeypatch.setenv("DEEPSEEK_EXT_BACKEND", "emulate")
+    if not dx.has_emulation():
+        with pytest.raises(RuntimeError, match="DEEPSEEK_EXT_BACKEND=emulate but deepseek_ext._emu was not built"):
+            _backend.uses_kernels(torch.empty(1))
+        return
+    assert dx.backend() == "emulate"
+    assert _backend.uses_kernels(torch.empty(1))
+    assert _backend.kernel_module(torch.device("cpu")) is _backend._emu
+    assert dx.get_num_sms() == (torch.cuda.get_device_properties(0).multi_processor_count
+                                if torch.cuda.is_available() else _backend.EMULATED_SMS)
+
+
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
-def test_cmake_without_cuda_says_so_in_one_line(tmp_path):
-    proc = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path), "-DDEEPSEEK_EXT_CUDA=0"],
-                          capture_output=True, text=True, check=True)
+def test_cmake_says_what_it_does_not_build_in_one_line_each(tmp_path):
+    proc = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path), "-DDEEPSEEK_EXT_CUDA=0",
+                           "-DDEEPSEEK_EXT_EMULATE=0"], capture_output=True, text=True, check=True)
     lines = [line for line in proc.stdout.splitlines() if "deepseek_ext:" in line]
-    assert lines == ["-- deepseek_ext: DEEPSEEK_EXT_CUDA=0, installing the pure-Python package "
-                     "(reference backend only)"]
+    assert lines == ["-- deepseek_ext: DEEPSEEK_EXT_EMULATE=0, not building the emulation module _emu",
+                     "-- deepseek_ext: DEEPSEEK_EXT_CUDA=0, not building the CUDA extension _C"]

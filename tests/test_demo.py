@@ -187,7 +187,7 @@ def test_cli_errors_name_the_flag(tmp_path, capsys):
 
 
 def test_console_script_and_corpus_are_in_the_wheel(tmp_path):
-    env = {**os.environ, "DEEPSEEK_EXT_CUDA": "0"}  # the package files only: no CUDA compile
+    env = {**os.environ, "DEEPSEEK_EXT_CUDA": "0", "DEEPSEEK_EXT_EMULATE": "0"}  # the package files only: no compile
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w",
                     str(tmp_path), "-C", f"build-dir={tmp_path / 'build'}", str(ROOT)], check=True, env=env, timeout=600)
     (wheel,) = tmp_path.glob("deepseek_ext-*.whl")

@@ -1,7 +1,13 @@
 """dx.ep.Buffer with our kernels (ipc backend) on one sm_90 GPU: 2 and 4 processes sharing the GPU
 through CUDA IPC (gloo for the host-side exchange: NCCL refuses two ranks on one GPU), bit-exact
-against the torch backend and the reference; the timeout path; loopback single-process runs."""
+against the torch backend and the reference; the timeout path; loopback single-process runs.
+
+Each test also runs under the host emulation of the kernels (kernel_device "cpu",
+DEEPSEEK_EXT_BACKEND=emulate): the regions are POSIX shared memory, the ranks forked gloo
+processes (spawned ones can abort at interpreter shutdown, see tests/gloo_ranks.py). On the GPU
+the ranks are spawned (CUDA cannot be used in a forked child). CUDA-graph capture is GPU only."""
 import dataclasses
+import os
 import time
 
 import pytest
@@ -12,6 +18,7 @@ import torch.multiprocessing as mp
 import deepseek_ext as dx
 from deepseek_ext.reference import ep as ref
 from deepseek_ext.reference.quant import per_token_cast_to_fp8
+from gloo_ranks import run_ranks
 from test_ep_torch import HIDDEN, MAX_TOKENS, all_ranks, assert_same_result, cases, expert_outputs
 
 pytestmark = pytest.mark.gpu
@@ -30,33 +37,64 @@ def to_cpu(result):
     return type(result)(**moved)
 
 
-def on_gpu(x):
-    return tuple(t.cuda() for t in x) if isinstance(x, tuple) else x.cuda()
+def on_device(x, device):
+    return tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
 
 
-def check_ipc_case(ipc, torch_buffer, rank, num_ranks, spec, fp8, alignment):
+def init_rank(rank, num_ranks, init_file, device):
+    """A rank's process: the GPU it shares, or the emulator; then the gloo group."""
+    if device == "cuda":
+        torch.cuda.set_device(0)
+    else:  # forked: the emulator's launches, before any Buffer exists
+        os.environ["DEEPSEEK_EXT_BACKEND"] = "emulate"
+        assert dx.backend() == "emulate"
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=num_ranks)
+
+
+def start_ranks(worker, num_ranks, *args):
+    """worker(rank, num_ranks, *args, device) in num_ranks processes: spawned on the GPU, forked
+    (tests/gloo_ranks.py) under emulation; device is the last of args."""
+    if args[-1] == "cuda":
+        mp.spawn(worker, args=(num_ranks, *args), nprocs=num_ranks, join=True)
+    else:
+        import torch._dynamo  # noqa: F401  (a process's first custom op imports it: once here, not per rank)
+        run_ranks(worker, num_ranks, num_ranks, *args)
+
+
+def wait(event, device):
+    """The caller's stream waits for an async_op's event; emulated launches have finished when
+    they return, so they give no event."""
+    if device == "cuda":
+        torch.cuda.current_stream().wait_event(event)
+    else:
+        assert event is None
+
+
+def check_ipc_case(ipc, torch_buffer, rank, num_ranks, spec, fp8, alignment, device):
     xs, idxs, ws = all_ranks(spec["tokens"], spec["num_experts"], spec["topk"], spec.get("skew", False))
     inputs = [per_token_cast_to_fp8(x) for x in xs] if fp8 else xs
     want = ref.dispatch(inputs, idxs, ws, spec["num_experts"], expert_alignment=alignment)
-    got = ipc.dispatch(on_gpu(inputs[rank]), idxs[rank].cuda(), ws[rank].cuda(), expert_alignment=alignment)
+    got = ipc.dispatch(on_device(inputs[rank], device), idxs[rank].to(device), ws[rank].to(device),
+                       expert_alignment=alignment)
     assert_same_result(to_cpu(got), want[rank], fp8)
     via_torch = torch_buffer.dispatch(inputs[rank], idxs[rank], ws[rank], expert_alignment=alignment)
     assert_same_result(to_cpu(got), via_torch, fp8)
     if fp8:
         return
     ys = [expert_outputs(w, r, spec["num_experts"], num_ranks) for r, w in enumerate(want)]
-    out = ipc.combine(ys[rank].cuda(), got.handle).cpu()
+    out = ipc.combine(ys[rank].to(device), got.handle).cpu()
     assert torch.equal(out, ref.combine(ys, [w.handle for w in want])[rank])
     assert torch.equal(out, torch_buffer.combine(ys[rank], via_torch.handle))
 
 
-def check_worst_case_and_async(worst, rank, num_ranks, spec):
+def check_worst_case_and_async(worst, rank, num_ranks, spec, device):
     """Worst-case mode (no CPU sync) and async_op: the valid prefix equals the reference."""
     xs, idxs, ws = all_ranks(spec["tokens"], spec["num_experts"], spec["topk"])
     wants = ref.dispatch(xs, idxs, ws, spec["num_experts"], expert_alignment=128)
     want = wants[rank]
-    got = worst.dispatch(xs[rank].cuda(), idxs[rank].cuda(), ws[rank].cuda(), expert_alignment=128, async_op=True)
-    torch.cuda.current_stream().wait_event(got.event)
+    got = worst.dispatch(xs[rank].to(device), idxs[rank].to(device), ws[rank].to(device), expert_alignment=128,
+                         async_op=True)
+    wait(got.event, device)
     num_recv, num_rows = got.handle.num_recv.tolist()
     assert num_recv == want.topk_idx.shape[0] and num_rows == want.x.shape[0]
     assert got.x.shape[0] >= num_rows and got.topk_idx.shape[0] == num_ranks * MAX_TOKENS
@@ -65,17 +103,16 @@ def check_worst_case_and_async(worst, rank, num_ranks, spec):
     assert (got.m_indices[num_rows:] == -1).all()
     assert torch.equal(got.topk_idx[:num_recv].cpu(), want.topk_idx)
     assert got.num_tokens_per_expert.tolist() == want.num_tokens_per_expert
-    y = torch.zeros(got.x.shape, dtype=torch.bfloat16, device="cuda")
-    y[:num_rows] = want.x.cuda()
+    y = torch.zeros(got.x.shape, dtype=torch.bfloat16, device=device)
+    y[:num_rows] = want.x.to(device)
     out, event = worst.combine(y, got.handle, async_op=True)
-    torch.cuda.current_stream().wait_event(event)
+    wait(event, device)
     worst.check_errors()
     assert torch.equal(out.cpu(), ref.combine([w.x for w in wants], [w.handle for w in wants])[rank])
 
 
-def ipc_worker(rank, num_ranks, init_file):
-    torch.cuda.set_device(0)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=num_ranks)
+def ipc_worker(rank, num_ranks, init_file, device):
+    init_rank(rank, num_ranks, init_file, device)
     try:
         ipc = dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, num_sms=4, backend="ipc", timeout_s=20)
         assert dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, backend="auto").backend == "ipc"
@@ -83,42 +120,41 @@ def ipc_worker(rank, num_ranks, init_file):
         for spec in cases(num_ranks).values():
             for fp8 in (False, True):
                 for alignment in (1, 128):
-                    check_ipc_case(ipc, via_torch, rank, num_ranks, spec, fp8, alignment)
+                    check_ipc_case(ipc, via_torch, rank, num_ranks, spec, fp8, alignment, device)
         worst = dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, num_sms=4, backend="ipc", worst_case=True,
                              timeout_s=20)
-        check_worst_case_and_async(worst, rank, num_ranks, cases(num_ranks)["random"])
+        check_worst_case_and_async(worst, rank, num_ranks, cases(num_ranks)["random"], device)
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("num_ranks", [2, 4])
-def test_ipc_processes_share_one_gpu(num_ranks, tmp_path):
-    mp.spawn(ipc_worker, args=(num_ranks, str(tmp_path / "pg")), nprocs=num_ranks, join=True)
+def test_ipc_processes_share_one_gpu(kernel_device, num_ranks, tmp_path):
+    start_ranks(ipc_worker, num_ranks, str(tmp_path / "pg"), kernel_device)
 
 
-def timeout_worker(rank, num_ranks, init_file):
-    torch.cuda.set_device(0)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=num_ranks)
+def timeout_worker(rank, num_ranks, init_file, device):
+    init_rank(rank, num_ranks, init_file, device)
     try:
         buffer = dx.ep.Buffer(None, HIDDEN, 8, MAX_TOKENS, num_sms=2, backend="ipc", timeout_s=1.0)
         if rank == 0:  # rank 1 never dispatches
-            x = torch.randn(4, HIDDEN, device="cuda").bfloat16()
-            idx = torch.tensor([[0, 5]] * 4, device="cuda")
+            x = torch.randn(4, HIDDEN, device=device).bfloat16()
+            idx = torch.tensor([[0, 5]] * 4, device=device)
             start = time.monotonic()
             with pytest.raises(RuntimeError, match="rank 0 timed out after 1 s in the dispatch start barrier "
                                                    "waiting for rank 1"):
-                buffer.dispatch(x, idx, torch.rand(4, 2, device="cuda"))
+                buffer.dispatch(x, idx, torch.rand(4, 2, device=device))
             assert time.monotonic() - start < 5
             with pytest.raises(RuntimeError, match="this Buffer is unusable now"):
-                buffer.dispatch(x, idx, torch.rand(4, 2, device="cuda"))
+                buffer.dispatch(x, idx, torch.rand(4, 2, device=device))
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def test_timeout_names_rank_and_phase(tmp_path):
-    mp.spawn(timeout_worker, args=(2, str(tmp_path / "pg")), nprocs=2, join=True)
+def test_timeout_names_rank_and_phase(kernel_device, tmp_path):
+    start_ranks(timeout_worker, 2, str(tmp_path / "pg"), kernel_device)
 
 
 # --- loopback: rank 0 alone, peers in local memory --------------------------------------------
@@ -128,15 +164,16 @@ LOOP_RANKS, LOOP_EXPERTS = 4, 16
 
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
 @pytest.mark.parametrize("alignment", [1, 128])
-def test_loopback_dispatch_and_combine_match_reference(fp8, alignment):
+def test_loopback_dispatch_and_combine_match_reference(kernel_device, fp8, alignment):
     buffer = dx.ep.Buffer.loopback(HIDDEN, LOOP_EXPERTS, LOOP_RANKS, MAX_TOKENS, num_sms=3)
     xs, idxs, ws = all_ranks([45] + [0] * (LOOP_RANKS - 1), LOOP_EXPERTS, 4)  # only rank 0 sends
     inputs = [per_token_cast_to_fp8(x) for x in xs] if fp8 else xs
     want = ref.dispatch(inputs, idxs, ws, LOOP_EXPERTS, expert_alignment=alignment)
-    layout = buffer.get_dispatch_layout(idxs[0].cuda())
+    layout = buffer.get_dispatch_layout(idxs[0].to(kernel_device))
     for got_t, want_t in zip(layout[:3], ref.get_dispatch_layout(idxs[0], LOOP_EXPERTS, LOOP_RANKS)):
         assert torch.equal(got_t.cpu(), want_t)
-    got = buffer.dispatch(on_gpu(inputs[0]), idxs[0].cuda(), ws[0].cuda(), layout=layout, expert_alignment=alignment)
+    got = buffer.dispatch(on_device(inputs[0], kernel_device), idxs[0].to(kernel_device), ws[0].to(kernel_device),
+                          layout=layout, expert_alignment=alignment)
     assert_same_result(to_cpu(got), want[0], fp8)
     for peer in range(1, LOOP_RANKS):
         received = to_cpu(buffer.peer_received(peer, alignment))
@@ -144,7 +181,7 @@ def test_loopback_dispatch_and_combine_match_reference(fp8, alignment):
     if not fp8:
         y = expert_outputs(want[0], 0, LOOP_EXPERTS, LOOP_RANKS)
         ys = [y] + [torch.zeros(w.x.shape) for w in want[1:]]  # the peers never send partials back
-        out = buffer.combine(y.cuda(), got.handle).cpu()
+        out = buffer.combine(y.to(kernel_device), got.handle).cpu()
         assert torch.equal(out, ref.combine(ys, [w.handle for w in want])[0])
 
 
@@ -169,9 +206,9 @@ def test_loopback_worst_case_replays_in_a_cuda_graph():
         assert torch.equal(got.x[:n].cpu(), x.cpu()[want.handle.src_token])
 
 
-def test_worst_case_layout_flags_bad_expert_ids():
+def test_worst_case_layout_flags_bad_expert_ids(kernel_device):
     buffer = dx.ep.Buffer.loopback(HIDDEN, LOOP_EXPERTS, LOOP_RANKS, MAX_TOKENS, num_sms=3, worst_case=True)
-    idx = torch.tensor([[0, 3], [LOOP_EXPERTS + 2, 1]], device="cuda")
+    idx = torch.tensor([[0, 3], [LOOP_EXPERTS + 2, 1]], device=kernel_device)
     buffer.get_dispatch_layout(idx)
     with pytest.raises(RuntimeError, match=rf"expert id {LOOP_EXPERTS + 2} outside \[-1, {LOOP_EXPERTS}\)"):
         buffer.check_errors()

@@ -1,7 +1,8 @@
-"""GPU tests of the grouped FP8 GEMM kernels (m-grouped contiguous, m-grouped masked, k-grouped)
-against float64 products of the dequantized FP8 operands. Outputs are pre-filled with NaN where
-the kernel wrapper is called directly, so every element must be written (padding and masked
-rows as exact zeros)."""
+"""Tests of the grouped FP8 GEMM kernels (m-grouped contiguous, m-grouped masked, k-grouped)
+against float64 products of the dequantized FP8 operands, on an sm_90 GPU and under emulation
+(DEEPSEEK_EXT_BACKEND=emulate, for the shapes small enough to emulate quickly). Outputs are
+pre-filled with NaN where the kernel wrapper is called directly, so every element must be written
+(padding and masked rows as exact zeros)."""
 from __future__ import annotations
 
 import pytest
@@ -12,15 +13,20 @@ from deepseek_ext.ops import _gemm_kernels
 from deepseek_ext.reference.metrics import calc_diff
 from deepseek_ext.reference.quant import GROUP, per_block_cast_to_fp8, per_token_cast_to_fp8_with_transpose
 
+from conftest import emulation_too_large
+
 pytestmark = pytest.mark.gpu
 
 _TOLERANCE = {torch.bfloat16: 1e-5, torch.float32: 1e-6}
 
+# Emulated launches above this many multiply-adds (rows x N x K the launch covers) are skipped.
+_EMULATION_LIMIT = 1 << 29
 
-def _random(*shape: int) -> torch.Tensor:
+
+def _random(*shape: int, device: str) -> torch.Tensor:
     """Normal values with per-row magnitudes spread over decades, so the scales differ."""
-    x = torch.randn(*shape, device="cuda")
-    return (x * torch.exp(torch.randn(*shape[:-1], 1, device="cuda"))).to(torch.bfloat16)
+    x = torch.randn(*shape, device=device)
+    return (x * torch.exp(torch.randn(*shape[:-1], 1, device=device))).to(torch.bfloat16)
 
 
 def _rows64(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -34,17 +40,17 @@ def _blocks64(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return q.double() * scale.repeat_interleave(GROUP, dim=-2)[..., : q.shape[-2], :]
 
 
-def _weights(groups: int, n: int, k: int):
-    return per_block_cast_to_fp8(_random(groups, n, k))
+def _weights(groups: int, n: int, k: int, device: str):
+    return per_block_cast_to_fp8(_random(groups, n, k, device=device))
 
 
-def _poisoned(*shape, dtype):
-    return torch.full(shape, float("nan"), dtype=dtype, device="cuda")
+def _poisoned(*shape, dtype, device: str):
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
 
 # --- m-grouped, contiguous -------------------------------------------------------------------
 
-def _contiguous_layout(group_sizes, padding_blocks_after=()):
+def _contiguous_layout(group_sizes, padding_blocks_after=(), *, device: str):
     """m_indices for group segments padded to 128 (plus whole padding blocks after the groups
     listed in padding_blocks_after)."""
     parts = []
@@ -54,30 +60,37 @@ def _contiguous_layout(group_sizes, padding_blocks_after=()):
         part[:size] = g
         parts.append(part)
     m_indices = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32)
-    return m_indices.cuda()
+    return m_indices.to(device)
 
 
 def _contiguous64(a, sa, b, sb, m_indices):
     a64, b64 = _rows64(a, sa), _blocks64(b, sb)
-    out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64, device="cuda")
+    out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64, device=a.device)
     for g in range(b.shape[0]):
         rows = (m_indices == g).nonzero().squeeze(1)
         out[rows] = a64[rows] @ b64[g].T
     return out
 
 
+# Tile widths (choose_block_n in csrc/include/deepseek_ext/gemm/scheduler.cuh, 132 SMs) are 64
+# for the shapes small enough to emulate, except ([1, 500, 300, 129], (1,), 1040, 144): 11 x 9
+# tiles 128 wide fit in one wave, so the 128-wide kernel runs (N and K tails included).
 CONTIGUOUS = [([0, 1, 130, 57], (), 144, 272), ([300], (), 528, 1040), ([0, 300, 0], (0, 1), 144, 272),
+              ([1, 500, 300, 129], (1,), 1040, 144),
               ([1, 1, 1], (2,), 2112, 7168), ([1000, 513, 0, 77, 640, 1, 256, 129], (3,), 4096, 7168),
               ([4096], (), 7168, 2048)]
 
 
 @pytest.mark.parametrize("group_sizes, padding_blocks_after, n, k", CONTIGUOUS)
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_contiguous_matches_float64_and_zeroes_padding(group_sizes, padding_blocks_after, n, k, out_dtype):
-    m_indices = _contiguous_layout(group_sizes, padding_blocks_after)
-    a, sa = dx.quant.per_token_cast_to_fp8(_random(m_indices.numel(), k))  # padding rows hold data too
-    b, sb = _weights(len(group_sizes), n, k)
-    out = _poisoned(m_indices.numel(), n, dtype=out_dtype)
+def test_contiguous_matches_float64_and_zeroes_padding(kernel_device, group_sizes, padding_blocks_after, n, k,
+                                                       out_dtype):
+    m_indices = _contiguous_layout(group_sizes, padding_blocks_after, device=kernel_device)
+    emulation_too_large(kernel_device, m_indices.numel() * n * k, _EMULATION_LIMIT)
+    # padding rows hold data too
+    a, sa = dx.quant.per_token_cast_to_fp8(_random(m_indices.numel(), k, device=kernel_device))
+    b, sb = _weights(len(group_sizes), n, k, kernel_device)
+    out = _poisoned(m_indices.numel(), n, dtype=out_dtype, device=kernel_device)
     _gemm_kernels.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out)
     assert not out.isnan().any()
     assert (out[m_indices < 0] == 0).all()
@@ -86,13 +99,14 @@ def test_contiguous_matches_float64_and_zeroes_padding(group_sizes, padding_bloc
     assert torch.equal(public, out)
 
 
-def test_permute_then_contiguous_matches_float64():
+def test_permute_then_contiguous_matches_float64(kernel_device):
     """The layout permute_to_grouped produces is what the contiguous kernel consumes."""
     tokens, num_experts, topk, hidden, n = 512, 8, 2, 1024, 576
-    idx = torch.rand(tokens, num_experts, device="cuda").argsort(dim=1)[:, :topk]
-    q, s = dx.quant.per_token_cast_to_fp8(_random(tokens, hidden))
+    emulation_too_large(kernel_device, (tokens * topk + num_experts * 127) * n * hidden, _EMULATION_LIMIT)
+    idx = torch.rand(tokens, num_experts, device=kernel_device).argsort(dim=1)[:, :topk]
+    q, s = dx.quant.per_token_cast_to_fp8(_random(tokens, hidden, device=kernel_device))
     rows, scales, m_indices, _ = dx.gemm.permute_to_grouped(q, s, idx, num_experts)
-    b, sb = _weights(num_experts, n, hidden)
+    b, sb = _weights(num_experts, n, hidden, kernel_device)
     out = dx.gemm.m_grouped_fp8_gemm_nt_contiguous(rows, scales, b, sb, m_indices)
     assert calc_diff(out, _contiguous64(rows, scales, b, sb, m_indices)) < _TOLERANCE[torch.bfloat16]
     assert (out[m_indices < 0] == 0).all()
@@ -102,35 +116,41 @@ def test_permute_then_contiguous_matches_float64():
 
 def _masked64(a, sa, b, sb, masked_m):
     out = _rows64(a, sa) @ _blocks64(b, sb).transpose(1, 2)
-    keep = torch.arange(a.shape[1], device="cuda")[None, :] < masked_m[:, None]
+    keep = torch.arange(a.shape[1], device=a.device)[None, :] < masked_m[:, None]
     return torch.where(keep[..., None], out, 0.0)
 
 
+# Tile widths (132 SMs; the heuristic assumes groups x expected M blocks of rows): 64 for the
+# shapes small enough to emulate, except (4, 256, [256, 100, 0, 255], 256, 1040, 144): 8 x 9 tiles
+# 128 wide fit in one wave, so the 128-wide kernel runs.
 MASKED = [(4, 200, [0, 200, 1, 130], 64, 144, 272), (3, 40, [40, 0, 7], 16, 528, 1040),
+          (4, 256, [256, 100, 0, 255], 256, 1040, 144),
           (3, 1000, [5, 999, 0], 8, 2112, 1040), (32, 256, None, 128, 4096, 2048), (2, 128, [128, 64], 1000, 16, 16)]
 
 
 @pytest.mark.parametrize("groups, m_max, masked, expected_m, n, k", MASKED)
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_masked_matches_float64_and_zeroes_masked_rows(groups, m_max, masked, expected_m, n, k, out_dtype):
+def test_masked_matches_float64_and_zeroes_masked_rows(kernel_device, groups, m_max, masked, expected_m, n, k,
+                                                       out_dtype):
+    emulation_too_large(kernel_device, groups * m_max * n * k, _EMULATION_LIMIT)
     masked_m = (torch.randint(96, 161, (groups,)) if masked is None else torch.tensor(masked)).clamp(max=m_max)
-    masked_m = masked_m.int().cuda()
-    a, sa = dx.quant.per_token_cast_to_fp8(_random(groups, m_max, k))
-    b, sb = _weights(groups, n, k)
-    out = _poisoned(groups, m_max, n, dtype=out_dtype)
+    masked_m = masked_m.int().to(kernel_device)
+    a, sa = dx.quant.per_token_cast_to_fp8(_random(groups, m_max, k, device=kernel_device))
+    b, sb = _weights(groups, n, k, kernel_device)
+    out = _poisoned(groups, m_max, n, dtype=out_dtype, device=kernel_device)
     _gemm_kernels.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out)
     assert not out.isnan().any()
-    beyond = torch.arange(m_max, device="cuda")[None, :] >= masked_m[:, None]
+    beyond = torch.arange(m_max, device=kernel_device)[None, :] >= masked_m[:, None]
     assert (out[beyond] == 0).all()
     assert calc_diff(out, _masked64(a, sa, b, sb, masked_m)) < _TOLERANCE[out_dtype]
     assert torch.equal(dx.gemm.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out_dtype), out)
 
 
-def test_masked_expected_m_does_not_change_results():
+def test_masked_expected_m_does_not_change_results(kernel_device):
     groups, m_max, n, k = 6, 384, 272, 1040
-    masked_m = torch.tensor([0, 384, 5, 129, 256, 300], dtype=torch.int32, device="cuda")
-    a, sa = dx.quant.per_token_cast_to_fp8(_random(groups, m_max, k))
-    b, sb = _weights(groups, n, k)
+    masked_m = torch.tensor([0, 384, 5, 129, 256, 300], dtype=torch.int32, device=kernel_device)
+    a, sa = dx.quant.per_token_cast_to_fp8(_random(groups, m_max, k, device=kernel_device))
+    b, sb = _weights(groups, n, k, kernel_device)
     # Same tile width for all hints (few tiles: 64 wide), different tile orders.
     results = [dx.gemm.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, e, torch.float32) for e in (1, 200, 384)]
     for r in results[1:]:
@@ -140,8 +160,8 @@ def test_masked_expected_m_does_not_change_results():
 def test_masked_cuda_graph_replay_reads_device_counts():
     groups, m_max, n, k = 8, 256, 1024, 2048
     masked_m = torch.tensor([128] * groups, dtype=torch.int32, device="cuda")
-    a, sa = dx.quant.per_token_cast_to_fp8(_random(groups, m_max, k))
-    b, sb = _weights(groups, n, k)
+    a, sa = dx.quant.per_token_cast_to_fp8(_random(groups, m_max, k, device="cuda"))
+    b, sb = _weights(groups, n, k, "cuda")
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -152,7 +172,7 @@ def test_masked_cuda_graph_replay_reads_device_counts():
         out = dx.gemm.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, 128)
     for counts in ([0, 1, 255, 256, 128, 3, 200, 64], [256] * groups):
         masked_m.copy_(torch.tensor(counts, dtype=torch.int32))
-        a2, sa2 = dx.quant.per_token_cast_to_fp8(_random(groups, m_max, k))
+        a2, sa2 = dx.quant.per_token_cast_to_fp8(_random(groups, m_max, k, device="cuda"))
         a.copy_(a2), sa.copy_(sa2)
         graph.replay()
         torch.cuda.synchronize()
@@ -162,10 +182,10 @@ def test_masked_cuda_graph_replay_reads_device_counts():
 
 # --- k-grouped -------------------------------------------------------------------------------
 
-def _k_grouped_operands(group_sizes, n, k):
+def _k_grouped_operands(group_sizes, n, k, device: str):
     t = sum(group_sizes)
-    _, _, a, sa = per_token_cast_to_fp8_with_transpose(_random(t, n))
-    _, _, b, sb = per_token_cast_to_fp8_with_transpose(_random(t, k))
+    _, _, a, sa = per_token_cast_to_fp8_with_transpose(_random(t, n, device=device))
+    _, _, b, sb = per_token_cast_to_fp8_with_transpose(_random(t, k, device=device))
     return a, sa, b, sb
 
 
@@ -185,12 +205,14 @@ K_GROUPED = [([128, 0, 256, 128], 48, 80), ([512], 144, 272), ([0, 0, 128], 528,
 
 @pytest.mark.parametrize("group_sizes, n, k", K_GROUPED)
 @pytest.mark.parametrize("with_c", [False, True], ids=["plain", "c"])
-def test_k_grouped_matches_float64(group_sizes, n, k, with_c):
-    a, sa, b, sb = _k_grouped_operands(group_sizes, n, k)
+def test_k_grouped_matches_float64(kernel_device, group_sizes, n, k, with_c):
+    emulation_too_large(kernel_device, sum(group_sizes) * n * k, _EMULATION_LIMIT)
+    a, sa, b, sb = _k_grouped_operands(group_sizes, n, k, kernel_device)
     expected = _k_grouped64(a, sa, b, sb, group_sizes)
-    c = (torch.randn(len(group_sizes), n, k, device="cuda") * expected.abs().mean()).float() if with_c else None
-    offsets = torch.tensor([0, *torch.tensor(group_sizes).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
-    out = _poisoned(len(group_sizes), n, k, dtype=torch.float32)
+    c = (torch.randn(len(group_sizes), n, k, device=kernel_device) * expected.abs().mean()).float() if with_c else None
+    offsets = torch.tensor([0, *torch.tensor(group_sizes).cumsum(0).tolist()], dtype=torch.int32,
+                           device=kernel_device)
+    out = _poisoned(len(group_sizes), n, k, dtype=torch.float32, device=kernel_device)
     _gemm_kernels.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, offsets, out, c)
     assert not out.isnan().any()
     for g, size in enumerate(group_sizes):
@@ -202,35 +224,39 @@ def test_k_grouped_matches_float64(group_sizes, n, k, with_c):
     assert torch.equal(dx.gemm.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, group_sizes, c), out)
 
 
-def test_grouped_results_do_not_depend_on_num_sms(monkeypatch):
+# The default SM count and each one listed pick 128-wide tiles (the 64-wide grid would take as
+# long or longer), so the results must be bitwise identical.
+@pytest.mark.parametrize("n, k", [(4096, 1040), (1040, 144)])
+def test_grouped_results_do_not_depend_on_num_sms(kernel_device, monkeypatch, n, k):
     from deepseek_ext import _backend
     monkeypatch.setattr(_backend, "_num_sms", _backend._num_sms)  # restored after the test
-    m_indices = _contiguous_layout([300, 0, 5, 700])
-    a, sa = dx.quant.per_token_cast_to_fp8(_random(m_indices.numel(), 1040))
-    b, sb = _weights(4, 4096, 1040)
+    m_indices = _contiguous_layout([300, 0, 5, 700], device=kernel_device)
+    emulation_too_large(kernel_device, m_indices.numel() * n * k, _EMULATION_LIMIT)
+    a, sa = dx.quant.per_token_cast_to_fp8(_random(m_indices.numel(), k, device=kernel_device))
+    b, sb = _weights(4, n, k, kernel_device)
     full = dx.gemm.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, torch.float32)
     for num_sms in (20, 1):
         dx.set_num_sms(num_sms)
         assert torch.equal(dx.gemm.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, torch.float32), full)
 
 
-def test_grouped_launchers_reject_bad_arguments():
+def test_grouped_launchers_reject_bad_arguments(kernel_device):
     from deepseek_ext.ops import _launch
-    a, sa = dx.quant.per_token_cast_to_fp8(_random(256, 256))
-    b, sb = _weights(2, 144, 256)
-    out = torch.empty(256, 144, dtype=torch.bfloat16, device="cuda")
-    m_indices = torch.zeros(256, dtype=torch.int32, device="cuda")
+    a, sa = dx.quant.per_token_cast_to_fp8(_random(256, 256, device=kernel_device))
+    b, sb = _weights(2, 144, 256, kernel_device)
+    out = torch.empty(256, 144, dtype=torch.bfloat16, device=kernel_device)
+    m_indices = torch.zeros(256, dtype=torch.int32, device=kernel_device)
     stream = _launch.stream_handle(a)
     args = [a.data_ptr(), sa.data_ptr(), sa.stride(-1), b.data_ptr(), sb.data_ptr(), m_indices.data_ptr(),
             out.data_ptr(), _launch.DTYPE_CODE[out.dtype], 256, 144, 256, 2, dx.get_num_sms(), stream]
     for index, bad in ((8, 200), (5, 0), (9, 120), (12, 0)):  # M % 128, no m_indices, N % 16, no SMs
         with pytest.raises(RuntimeError, match="m_grouped_fp8_gemm_nt_contiguous failed: invalid argument"):
-            _launch.call("m_grouped_fp8_gemm_nt_contiguous", *args[:index], bad, *args[index + 1:])
+            _launch.call("m_grouped_fp8_gemm_nt_contiguous", *args[:index], bad, *args[index + 1:], device=a.device)
     with pytest.raises(RuntimeError, match="m_grouped_fp8_gemm_nt_masked failed: invalid argument"):
         _launch.call("m_grouped_fp8_gemm_nt_masked", a.data_ptr(), sa.data_ptr(), sa.stride(-1), b.data_ptr(),
                      sb.data_ptr(), m_indices.data_ptr(), out.data_ptr(), _launch.DTYPE_CODE[out.dtype], 2, 128,
-                     144, 256, 0, dx.get_num_sms(), stream)  # expected_m = 0
+                     144, 256, 0, dx.get_num_sms(), stream, device=a.device)  # expected_m = 0
     with pytest.raises(RuntimeError, match="k_grouped_fp8_gemm_tn_contiguous failed: invalid argument"):
         _launch.call("k_grouped_fp8_gemm_tn_contiguous", a.data_ptr(), sa.data_ptr(), sa.stride(-1), a.data_ptr(),
                      sa.data_ptr(), sa.stride(-1), m_indices.data_ptr(), out.data_ptr(), 0, 1, 256, 256, 208,
-                     dx.get_num_sms(), stream)  # T = 208: not whole 128-wide K blocks
+                     dx.get_num_sms(), stream, device=a.device)  # T = 208: not whole 128-wide K blocks

@@ -1,10 +1,12 @@
 """dx.gemm.permute_to_grouped / unpermute_from_grouped: the reference against loops written
 here from the layout's definition and against dx.ep's expanded layout, the ops' validation,
-torch.library registration, and (GPU) the kernels bitwise against the reference."""
+torch.library registration, and (GPU, and the host emulation of the kernels through the kernel_device
+fixture) the kernels bitwise against the reference."""
 import pytest
 import torch
 
 import deepseek_ext as dx
+from conftest import emulation_too_large
 from deepseek_ext.reference import ep
 from deepseek_ext.reference import permute as ref
 from deepseek_ext.reference.quant import GROUP, ceil_div
@@ -219,7 +221,7 @@ def test_compile_fullgraph_matches_eager():
         assert torch.equal(got, want)
 
 
-# --- GPU: kernels bitwise against the reference ----------------------------------------------
+# --- GPU and emulation: kernels bitwise against the reference ----------------------------------
 
 GPU_ROUTINGS = [(4096, 64, 8, 0.0), (1000, 9, 3, 0.3), (1, 4, 2, 0.0), (300, 3, 1, 0.0), (64, 16, 4, 1.0)]
 
@@ -228,9 +230,11 @@ GPU_ROUTINGS = [(4096, 64, 8, 0.0), (1000, 9, 3, 0.3), (1, 4, 2, 0.0), (300, 3, 
 @pytest.mark.parametrize("tokens, num_experts, topk, empty", GPU_ROUTINGS)
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
 @pytest.mark.parametrize("alignment", [1, 128])
-def test_gpu_permute_bitwise(tokens, num_experts, topk, empty, fp8, alignment):
-    idx = routing(tokens, num_experts, topk, empty, device="cuda")
-    x = torch.randn(tokens, 7168 if tokens > 1000 else 272, device="cuda").bfloat16()
+def test_gpu_permute_bitwise(kernel_device, tokens, num_experts, topk, empty, fp8, alignment):
+    hidden = 7168 if tokens > 1000 else 272
+    emulation_too_large(kernel_device, tokens * topk * hidden)  # bytes of rows copied, about
+    idx = routing(tokens, num_experts, topk, empty, device=kernel_device)
+    x = torch.randn(tokens, hidden, device=kernel_device).bfloat16()
     q, s = dx.quant.per_token_cast_to_fp8(x) if fp8 else (x, None)
     got = dx.gemm.permute_to_grouped(q, s, idx, num_experts, alignment)
     want = ref.permute_to_grouped(q.cpu(), None if s is None else s.cpu(), idx.cpu(), num_experts, alignment)
@@ -246,25 +250,26 @@ def test_gpu_permute_bitwise(tokens, num_experts, topk, empty, fp8, alignment):
 
 
 @pytest.mark.gpu
-def test_gpu_permute_rejects_out_of_range_ids():
-    idx = routing(100, 8, 2, device="cuda")
+def test_gpu_permute_rejects_out_of_range_ids(kernel_device):
+    idx = routing(100, 8, 2, device=kernel_device)
     idx[17, 1] = 8
     with pytest.raises(ValueError, match=r"topk_idx values must be in \[-1, 7\], got min -1 and max 8"):
-        dx.gemm.permute_to_grouped(torch.randn(100, 64, device="cuda").bfloat16(), None, idx, 8)
+        dx.gemm.permute_to_grouped(torch.randn(100, 64, device=kernel_device).bfloat16(), None, idx, 8)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("tokens, num_experts, topk, empty", GPU_ROUTINGS)
 @pytest.mark.parametrize("y_dtype", [torch.bfloat16, torch.float32])
-def test_gpu_unpermute_bitwise(tokens, num_experts, topk, empty, y_dtype):
+def test_gpu_unpermute_bitwise(kernel_device, tokens, num_experts, topk, empty, y_dtype):
     # 2056 and 8200: not multiples of a CTA's span of 8-element chunks; 8200 takes two passes.
     hidden = {4096: 7168, 300: 8200}.get(tokens, 2056)
-    idx = routing(tokens, num_experts, topk, empty, device="cuda")
-    _, _, _, inv = dx.gemm.permute_to_grouped(torch.zeros(tokens, 64, device="cuda").bfloat16(), None, idx,
+    emulation_too_large(kernel_device, tokens * topk * hidden)  # multiply-adds
+    idx = routing(tokens, num_experts, topk, empty, device=kernel_device)
+    _, _, _, inv = dx.gemm.permute_to_grouped(torch.zeros(tokens, 64, device=kernel_device).bfloat16(), None, idx,
                                               num_experts, 128)
     rows = int(inv.max()) + 1 if inv.numel() else 0
-    y = (torch.randn(rows, hidden, device="cuda") * 4).to(y_dtype)
-    weights = torch.rand(tokens, topk, device="cuda")
+    y = (torch.randn(rows, hidden, device=kernel_device) * 4).to(y_dtype)
+    weights = torch.rand(tokens, topk, device=kernel_device)
     got = dx.gemm.unpermute_from_grouped(y, inv, weights)
     assert torch.equal(got.cpu(), ref.unpermute_from_grouped(y.cpu(), inv.cpu(), weights.cpu()))
 

@@ -136,7 +136,6 @@ void warpgroup_collective(int kind, Site site, const char* name, Join join, Comp
           site);
   }
   join(wg, f.tid % kWarpgroupThreads);
-  const uint64_t generation = wg.generation;
   if (++wg.arrived == kWarpgroupThreads) {
     complete(wg);
     wg.arrived = 0;
@@ -144,7 +143,7 @@ void warpgroup_collective(int kind, Site site, const char* name, Join join, Comp
     note_progress();
     return;
   }
-  wait_until([&] { return wg.generation != generation; }, site, name);
+  wait_generation(wg.generation, site, name);
 }
 
 bool pending_output(const WarpgroupState& wg, const float* registers, int thread, int& op) {

@@ -37,8 +37,10 @@ namespace dx::emu {
 struct Site {
   const char* file;
   int line;
+  // As a default argument, the builtins take the location of the call that omits it.
+  static Site here(const char* file = __builtin_FILE(), int line = __builtin_LINE()) { return Site{file, line}; }
 };
-#define DX_HERE ::dx::emu::Site{__builtin_FILE(), __builtin_LINE()}
+#define DX_HERE ::dx::emu::Site::here()
 
 // --- the executing fiber ------------------------------------------------------------------
 const uint3& thread_idx();

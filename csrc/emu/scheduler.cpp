@@ -82,6 +82,16 @@ void own_static_shared(Launch& l, Block* b) {
   l.static_owner = b;
 }
 
+// Whole-block barriers count exited threads as arrived: an exit can complete one.
+void release_whole_block_barriers(Block& b) {
+  for (BarrierState& bar : b.barriers) {
+    if (bar.arrived != 0 && bar.expected == 0 && bar.arrived == static_cast<uint32_t>(b.live)) {
+      bar.arrived = 0;
+      bar.generation += 1;
+    }
+  }
+}
+
 void fiber_main() {
   Launch& l = *g_launch;
   Fiber& f = *l.current;
@@ -94,6 +104,7 @@ void fiber_main() {
   }
   f.done = true;
   f.block->live -= 1;
+  release_whole_block_barriers(*f.block);
   l.progress = true;
   _longjmp(l.main_context, 1);
 }
@@ -166,7 +177,7 @@ std::string deadlock_report(const Launch& l) {
   return out.str();
 }
 
-bool any_external_wait(const Launch& l) {
+bool any_external_wait(const Launch& l) {  // a poll another process may satisfy
   for (const auto& b : l.blocks)
     for (const auto& f : b->fibers)
       if (!f->done && f->external_wait) return true;
@@ -182,6 +193,7 @@ void run_wave(Launch& l) {
       for (auto& f : b->fibers) {
         if (f->done) continue;
         live = true;
+        if (f->wake_generation != nullptr && *f->wake_generation == f->asleep_at) continue;
         run_fiber(l, *f);
         if (l.failed) return;
       }
@@ -223,6 +235,17 @@ void yield(bool progress) {
   if (progress) l.progress = true;
   Fiber& f = *l.current;
   if (_setjmp(f.context) == 0) _longjmp(l.main_context, 1);
+}
+
+void wait_generation(const uint64_t& generation, Site site, const std::string& what) {
+  Fiber& f = current();
+  f.wake_generation = &generation;
+  f.asleep_at = generation;
+  f.site = site;
+  f.waiting_on = what;
+  while (generation == f.asleep_at) yield(false);
+  f.wake_generation = nullptr;
+  f.waiting_on.clear();
 }
 
 void note_progress() {
@@ -323,24 +346,19 @@ void barrier_sync(uint32_t id, uint32_t threads, Site site) {
   if (threads % kWarpSize != 0 || threads > static_cast<uint32_t>(b.threads))
     fault("bar.sync thread count " + std::to_string(threads) + " must be a multiple of 32 within the block", site);
   BarrierState& bar = b.barriers[id];
-  const uint32_t expected = threads == 0 ? 0 : threads;  // 0: every thread that has not exited
-  if (bar.arrived == 0) bar.expected = expected;
-  if (bar.expected != expected)
+  if (bar.arrived == 0) bar.expected = threads;  // 0: every thread that has not exited
+  if (bar.expected != threads)
     fault("bar.sync " + std::to_string(id) + " with " + std::to_string(threads) + " threads while others wait for " +
               std::to_string(bar.expected),
           site);
   bar.arrived += 1;
-  const uint64_t generation = bar.generation;
-  // Whole-block barriers count threads that have exited as arrived.
-  const auto released = [&] {
-    if (bar.generation == generation && bar.arrived == (bar.expected == 0 ? static_cast<uint32_t>(b.live) : bar.expected)) {
-      bar.arrived = 0;
-      bar.generation += 1;
-      g_launch->progress = true;
-    }
-    return bar.generation != generation;
-  };
-  wait_until(released, site, "barrier " + std::to_string(id));
+  if (bar.arrived == (bar.expected == 0 ? static_cast<uint32_t>(b.live) : bar.expected)) {
+    bar.arrived = 0;
+    bar.generation += 1;
+    g_launch->progress = true;
+    return;
+  }
+  wait_generation(bar.generation, site, "barrier " + std::to_string(id));
 }
 
 uint64_t warp_shuffle(int kind, uint32_t mask, uint64_t value, int arg, int width, Site site) {
@@ -359,7 +377,6 @@ uint64_t warp_shuffle(int kind, uint32_t mask, uint64_t value, int arg, int widt
   }
   w.values[lane] = value, w.args[lane] = arg, w.widths[lane] = width;
   w.arrived |= 1u << lane;
-  const uint64_t generation = w.generation;
   if (w.arrived == w.mask) {
     uint64_t ballot = 0;
     for (int i = 0; i < kWarpSize; ++i)
@@ -382,7 +399,7 @@ uint64_t warp_shuffle(int kind, uint32_t mask, uint64_t value, int arg, int widt
     w.generation += 1;
     g_launch->progress = true;
   } else {
-    wait_until([&] { return w.generation != generation; }, site, "warp collective");
+    wait_generation(w.generation, site, "warp collective");
   }
   return w.results[lane];
 }
@@ -400,9 +417,8 @@ void warpgroup_setmaxnreg(bool increase, int registers, Site site) {
     fault("setmaxnreg differs inside the warpgroup (" + std::to_string(value) + " vs " + std::to_string(wg.value) +
               " at " + where(wg.site) + ")",
           site);
-  const uint64_t generation = wg.generation;
   if (++wg.arrived < kWarpgroupThreads) {
-    wait_until([&] { return wg.generation != generation; }, site, "setmaxnreg (warpgroup)");
+    wait_generation(wg.generation, site, "setmaxnreg (warpgroup)");
     return;
   }
   if (wg.registers != 0 && (increase ? registers < wg.registers : registers > wg.registers))

@@ -36,6 +36,9 @@ struct Fiber {
   Site site{nullptr, 0};
   std::string waiting_on;
   bool external_wait = false;
+  // Waits that only a generation change can end: the scheduler skips the fiber until it changes.
+  const uint64_t* wake_generation = nullptr;
+  uint64_t asleep_at = 0;
   bool fenced = false;  // a fence since its last flag write: its next relaxed flag write releases
   // cp.async.bulk groups this thread committed (ids of store batches still reading or writing).
   std::deque<uint64_t> bulk_groups;
@@ -107,18 +110,19 @@ Fiber& current();
 // Yields to the other fibers until the next round. `progress` says that the fiber moved on
 // (false for an unsatisfied poll, which counts toward deadlock detection).
 void yield(bool progress);
-// Blocks with a report line until `ready()`; the caller's state changes are progress.
+// Blocks with a report line until `ready()`.
 template <typename Ready>
-void wait_until(Ready ready, Site site, const std::string& what, bool external = false) {
+void wait_until(Ready ready, Site site, const std::string& what) {
   Fiber& f = current();
   while (!ready()) {
     f.site = site;
     f.waiting_on = what;
-    f.external_wait = external;
     yield(false);
   }
   f.waiting_on.clear();
 }
+// Blocks until *generation moves past its current value (barriers, collectives).
+void wait_generation(const uint64_t& generation, Site site, const std::string& what);
 // Something other fibers may be waiting for changed.
 void note_progress();
 // Aborts the launch: reported as the launch's error with the current fiber's position.

@@ -11,7 +11,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from deepseek_ext._backend import has_cuda_ext, uses_kernels
+from deepseek_ext._backend import backend, has_cuda_ext, uses_kernels
 from deepseek_ext.ep import autograd
 from deepseek_ext.ep.torch_backend import TorchEngine
 from deepseek_ext.ep.types import DispatchResult, Handle, Layout
@@ -30,6 +30,8 @@ def _positive_int(value, name: str) -> int:
 
 
 def _can_run_ipc() -> bool:
+    if backend() == "emulate":  # the ipc kernels run on CPU tensors through deepseek_ext._emu
+        return True
     return (has_cuda_ext() and torch.cuda.is_available()
             and uses_kernels(torch.empty(0, device=torch.device("cuda", torch.cuda.current_device()))))
 
@@ -78,8 +80,9 @@ class Buffer:
         if self.backend == "ipc" and _ipc is None:
             from deepseek_ext.ep.ipc_backend import IpcEngine
             self._ipc = IpcEngine.create(self.group, hidden, num_experts, max_tokens_per_rank, num_sms, timeout_s)
-        self._comm_stream = torch.cuda.Stream() if self.backend == "ipc" or (
-            torch.cuda.is_available() and dist.get_backend(self.group) == "nccl") else None
+        ipc_on_gpu = self._ipc is not None and self._ipc.device.type == "cuda"
+        self._comm_stream = torch.cuda.Stream() if ipc_on_gpu or (
+            self.group is not None and torch.cuda.is_available() and dist.get_backend(self.group) == "nccl") else None
 
     @classmethod
     def loopback(cls, hidden: int, num_experts: int, num_ranks: int, max_tokens_per_rank: int,
@@ -113,8 +116,8 @@ class Buffer:
         for name, t in (("topk_idx", topk_idx), ("topk_weights", topk_weights)):
             if t.device != data.device:
                 raise ValueError(f"{name} is on {t.device} but x is on {data.device}")
-        if self._ipc is not None and data.device.type != "cuda":
-            raise ValueError(f"the ipc backend needs x on the GPU, got {data.device}")
+        if self._ipc is not None and data.device != self._ipc.device:
+            raise ValueError(f"the ipc backend runs on {self._ipc.device}, got x on {data.device}")
         if layout is None:
             layout = self.get_dispatch_layout(topk_idx)
         elif not self.worst_case:
@@ -162,6 +165,8 @@ class Buffer:
         on the caller's stream once it waited for the returned event (async_op) or at once."""
         if self._comm_stream is None:
             out = work()
+            if self._ipc is not None and not self.worst_case:  # emulated launches are done: check now
+                self._ipc.raise_if_failed()
             return out if isinstance(out, DispatchResult) else (out, None)
         caller = torch.cuda.current_stream()
         self._comm_stream.wait_stream(caller)
@@ -187,7 +192,8 @@ class Buffer:
         """Waits for the device and raises RuntimeError if a device-side wait timed
         out (naming the rank and phase) or a kernel rejected an expert id."""
         if self._ipc is not None:
-            torch.cuda.synchronize(self._ipc.device)
+            if self._ipc.device.type == "cuda":
+                torch.cuda.synchronize(self._ipc.device)
             self._ipc.raise_if_failed()
 
     def peer_received(self, peer: int, expert_alignment: int = 1) -> DispatchResult:

@@ -4,7 +4,10 @@ Memory: each rank allocates one region with cudaMalloc (through deepseek_ext._C.
 the torch caching allocator, so the IPC handle covers exactly the region and its base needs no
 offset), exports it with cudaIpcGetMemHandle, and the group exchanges the handles with
 all_gather_object; every rank opens the others'. Parts of the region are read from Python as
-torch tensors wrapping the raw memory through __cuda_array_interface__ (no copy).
+torch tensors wrapping the raw memory (no copy).
+
+Under DEEPSEEK_EXT_BACKEND=emulate the same path runs on CPU tensors through deepseek_ext._emu,
+whose regions are POSIX shared memory: the handles open in the other (gloo) processes.
 
 A dispatch is two launches (notify: counts to every peer; then, with the sizes on the host, the
 data), or one in worst-case mode (outputs sized for num_ranks * max_tokens_per_rank received
@@ -12,10 +15,12 @@ tokens, counts left on the device: no CPU sync, CUDA-graph capturable).
 """
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.distributed as dist
 
-from deepseek_ext._backend import _C
+from deepseek_ext._backend import backend, kernel_module
 from deepseek_ext.ep.types import DispatchResult, Handle, Layout
 from deepseek_ext.ops import ep as ops
 from deepseek_ext.reference import ep as ref
@@ -46,12 +51,26 @@ class _RawMemory:
 
 
 def _wrap(address: int, nbytes: int, device: torch.device) -> torch.Tensor:
+    if device.type == "cpu":  # emulated regions are host memory
+        return torch.frombuffer((ctypes.c_uint8 * nbytes).from_address(address), dtype=torch.uint8)
     return torch.as_tensor(_RawMemory(address, nbytes), device=device)
 
 
-def region_layout(num_ranks: int, max_tokens: int, hidden: int, num_experts: int):
+def engine_device() -> torch.device:
+    """Where the ipc kernels run: the current GPU, or the CPU under the emulator."""
+    if backend() == "emulate":
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":  # emulated launches have finished when they return
+        torch.cuda.synchronize(device)
+
+
+def region_layout(kernels, num_ranks: int, max_tokens: int, hidden: int, num_experts: int):
     """Byte offsets of a rank's region (the same on every rank) and its size."""
-    layout = _C.EpRegionLayout()
+    layout = kernels.EpRegionLayout()
     layout.arrivals, layout.barrier_epoch, layout.grid_base = 0, 256, 264
     layout.grid_arrivals, layout.error = 272, 280
     layout.count_cols = 2 + num_experts // num_ranks
@@ -61,7 +80,7 @@ def region_layout(num_ranks: int, max_tokens: int, hidden: int, num_experts: int
     rows = num_ranks * max_tokens
     offset = _CTRL_BYTES
     for name, nbytes in (("counts", num_ranks * layout.count_cols * 4), ("recv_x", rows * layout.x_row_bytes),
-                         ("recv_scales", rows * layout.scale_cols * 4), ("recv_meta", rows * _C.EP_META_INTS * 4),
+                         ("recv_scales", rows * layout.scale_cols * 4), ("recv_meta", rows * kernels.EP_META_INTS * 4),
                          ("combine", rows * hidden * 2)):
         setattr(layout, name, offset)
         offset = _align(offset + nbytes, 256)
@@ -71,15 +90,16 @@ def region_layout(num_ranks: int, max_tokens: int, hidden: int, num_experts: int
 class IpcEngine:
     def __init__(self, rank, num_ranks, hidden, num_experts, max_tokens, num_sms, timeout_s, device,
                  data_bases, signal_bases, owned, opened):
-        if num_ranks > _C.EP_MAX_RANKS:
-            raise ValueError(f"the ipc backend supports at most {_C.EP_MAX_RANKS} ranks, got {num_ranks}")
+        self.kernels = kernel_module(device)
+        if num_ranks > self.kernels.EP_MAX_RANKS:
+            raise ValueError(f"the ipc backend supports at most {self.kernels.EP_MAX_RANKS} ranks, got {num_ranks}")
         if hidden % 16:
             raise ValueError(f"the ipc backend needs hidden to be a multiple of 16, got {hidden}")
         self.rank, self.num_ranks, self.hidden, self.num_experts = rank, num_ranks, hidden, num_experts
         self.local_experts = ref.experts_per_rank(num_experts, num_ranks)
         self.max_tokens, self.num_sms, self.device = max_tokens, num_sms, device
         self.timeout_ns = int(timeout_s * 1e9)
-        self.layout, self.region_bytes = region_layout(num_ranks, max_tokens, hidden, num_experts)
+        self.layout, self.region_bytes = region_layout(self.kernels, num_ranks, max_tokens, hidden, num_experts)
         self.bases = data_bases
         self.peer_table = torch.tensor([data_bases, signal_bases], dtype=torch.int64, device=device)
         self._owned, self._opened = owned, opened
@@ -91,17 +111,18 @@ class IpcEngine:
     @classmethod
     def create(cls, group, hidden, num_experts, max_tokens, num_sms, timeout_s) -> "IpcEngine":
         rank, num_ranks = dist.get_rank(group), dist.get_world_size(group)
-        device = torch.device("cuda", torch.cuda.current_device())
-        _, nbytes = region_layout(num_ranks, max_tokens, hidden, num_experts)
-        local = _checked(_C.ep_alloc(nbytes))
+        device = engine_device()
+        kernels = kernel_module(device)
+        _, nbytes = region_layout(kernels, num_ranks, max_tokens, hidden, num_experts)
+        local = _checked(kernels.ep_alloc(nbytes))
         handles = [None] * num_ranks
-        dist.all_gather_object(handles, _checked(_C.ep_ipc_handle(local)), group=group)
+        dist.all_gather_object(handles, _checked(kernels.ep_ipc_handle(local)), group=group)
         bases, opened = [], []
         for peer, handle in enumerate(handles):
             if peer == rank:
                 bases.append(local)
             else:
-                bases.append(_checked(_C.ep_ipc_open(handle)))
+                bases.append(_checked(kernels.ep_ipc_open(handle)))
                 opened.append(bases[-1])
         dist.barrier(group=group)  # every rank holds every region before any kernel writes to one
         return cls(rank, num_ranks, hidden, num_experts, max_tokens, num_sms, timeout_s, device,
@@ -111,20 +132,21 @@ class IpcEngine:
     def loopback(cls, hidden, num_experts, num_ranks, max_tokens, num_sms, timeout_s) -> "IpcEngine":
         """Rank 0 with local-memory peers; every rank's arrival slots alias rank 0's (so the
         barriers complete with rank 0 alone)."""
-        device = torch.device("cuda", torch.cuda.current_device())
-        _, nbytes = region_layout(num_ranks, max_tokens, hidden, num_experts)
-        bases = [_checked(_C.ep_alloc(nbytes)) for _ in range(num_ranks)]
+        device = engine_device()
+        kernels = kernel_module(device)
+        _, nbytes = region_layout(kernels, num_ranks, max_tokens, hidden, num_experts)
+        bases = [_checked(kernels.ep_alloc(nbytes)) for _ in range(num_ranks)]
         return cls(0, num_ranks, hidden, num_experts, max_tokens, num_sms, timeout_s, device,
                    bases, [bases[0]] * num_ranks, bases, [])
 
     def __del__(self):
         if not (getattr(self, "_owned", None) or getattr(self, "_opened", None)):
             return
-        torch.cuda.synchronize(self.device)  # no kernel may still write into what is freed
+        _synchronize(self.device)  # no kernel may still write into what is freed
         for address in getattr(self, "_opened", []):
-            _C.ep_ipc_close(address)
+            self.kernels.ep_ipc_close(address)
         for address in getattr(self, "_owned", []):
-            _C.ep_free(address)
+            self.kernels.ep_free(address)
 
     # --- errors ----------------------------------------------------------------------------
 
@@ -155,7 +177,7 @@ class IpcEngine:
     # --- dispatch --------------------------------------------------------------------------
 
     def _params(self, rank: int, local: int, signal: torch.Tensor | None = None):
-        p = _C.EpDispatchParams()
+        p = self.kernels.EpDispatchParams()
         p.rank, p.num_ranks, p.local_experts = rank, self.num_ranks, self.local_experts
         p.timeout_ns, p.layout, p.local = self.timeout_ns, self.layout, local
         peers = self.peer_table if signal is None else signal
@@ -213,7 +235,7 @@ class IpcEngine:
             p.push_data = False  # first launch: counts (and barriers) only
             self._outputs(p, 0, 0, topk, dtype, fp8, alignment)
             self._launch_dispatch(p)
-            torch.cuda.current_stream(self.device).synchronize()
+            _synchronize(self.device)
             self.raise_if_failed()
             num_recv, num_rows = num_recv_t.tolist()
             table = self._counts(region)
@@ -276,7 +298,7 @@ class IpcEngine:
         y = y.contiguous()
         in_rank = handle.is_token_in_rank.contiguous()
         out = torch.empty(in_rank.shape[0], self.hidden, dtype=torch.bfloat16, device=self.device)
-        p = _C.EpCombineParams()
+        p = self.kernels.EpCombineParams()
         p.rank, p.num_ranks, p.hidden, p.num_tokens = self.rank, self.num_ranks, self.hidden, in_rank.shape[0]
         p.timeout_ns, p.layout, p.local = self.timeout_ns, self.layout, self.bases[self.rank]
         p.set_peers(self.peer_table[0].data_ptr(), self.peer_table[1].data_ptr())

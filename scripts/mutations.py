@@ -1,0 +1,127 @@
+"""Plants known bugs in the device code, one at a time, and checks that the emulated tests catch
+each (a failing test or a deadlock report). Rebuilds only the emulation module (in build/mutations)
+and swaps it in for the installed one; every file and the module are restored afterwards.
+
+    python scripts/mutations.py [NAME ...]      # all mutations by default; prints a table
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+INCLUDE = ROOT / "csrc" / "include" / "deepseek_ext"
+BUILD = ROOT / "build" / "mutations"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str  # relative to csrc/include/deepseek_ext
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids / -k expressions run under emulation
+
+
+GEMM = ("tests/test_gemm_gpu.py", "-k", "emulate")
+EP_LOOPBACK = ("tests/test_ep_gpu.py", "-k", "emulate and loopback")
+
+MUTATIONS = (
+    Mutation("wrong SBO", "gemm/smem_desc.cuh", "(static_cast<uint64_t>(kSwizzleAtomBytes >> 4) << 32)",
+             "(static_cast<uint64_t>((kSwizzleAtomBytes / 2) >> 4) << 32)", GEMM),
+    Mutation("wrong swizzle mode", "gemm/smem_desc.cuh", "constexpr uint64_t kDescSwizzle128B = 1;",
+             "constexpr uint64_t kDescSwizzle128B = 2;", GEMM),
+    Mutation("K-step advance of 64 B", "gemm/smem_desc.cuh", "return desc + static_cast<uint64_t>((k_slice * kWgmmaK) >> 4);",
+             "return desc + static_cast<uint64_t>((k_slice * 2 * kWgmmaK) >> 4);", GEMM),
+    Mutation("expect_tx one box short", "gemm/producer.cuh",
+             "constexpr uint32_t kStageBytes = SmemLayout::kTileABytes + kLayout.tile_b_bytes() +",
+             "constexpr uint32_t kStageBytes = kLayout.tile_b_bytes() +", GEMM),
+    Mutation("empty-barrier count off by one", "gemm/fp8_gemm_kernel.cuh",
+             "ptx::mbarrier_init(smem + kLayout.empty_barrier(s), kConsumerWarps);",
+             "ptx::mbarrier_init(smem + kLayout.empty_barrier(s), kConsumerWarps + 1);", GEMM),
+    Mutation("missing wgmma.wait_group", "gemm/consumer.cuh", "      ptx::wgmma_wait_group<0>();\n", "", GEMM),
+    Mutation("missing fence.proxy.async", "gemm/epilogue.cuh", "  ptx::fence_proxy_async_shared();\n", "", GEMM),
+    Mutation("scale promotion with the wrong K block", "gemm/consumer.cuh",
+             "__ldg(p.sb_blocks + static_cast<int64_t>(w.sb_block_row) * p.ld_sb_blocks + kb)",
+             "__ldg(p.sb_blocks + static_cast<int64_t>(w.sb_block_row) * p.ld_sb_blocks + w.kb_begin)", GEMM),
+    Mutation("lost release on an EP flag", "ep/barrier.cuh",
+             "    __threadfence_system();  // this block's writes (local and to peers) before its arrival\n"
+             "    ptx::red_add_release_gpu(c.grid_arrivals, 1);",
+             "    atomicAdd(reinterpret_cast<unsigned long long*>(c.grid_arrivals), 1ull);", EP_LOOPBACK),
+)
+
+
+def installed_module() -> Path:
+    out = subprocess.run([sys.executable, "-c", "import deepseek_ext._emu as m; print(m.__file__)"],
+                         capture_output=True, text=True, check=True, cwd="/")
+    return Path(out.stdout.strip())
+
+
+def build_emu() -> Path:
+    if not (BUILD / "build.ninja").exists():
+        import pybind11
+        subprocess.run(["cmake", str(ROOT), "-G", "Ninja", "-DDEEPSEEK_EXT_CUDA=0", "-DCMAKE_BUILD_TYPE=Release",
+                        f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", f"-DPython_EXECUTABLE={sys.executable}"],
+                       cwd=BUILD, check=True, capture_output=True)
+    subprocess.run(["ninja", "_emu"], cwd=BUILD, check=True, capture_output=True)
+    return next(BUILD.glob("_emu*.so"))
+
+
+def run_tests(tests: tuple[str, ...]) -> tuple[bool, str]:
+    """(caught, evidence): caught when pytest fails; the evidence names the first failure."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    lines = proc.stdout.splitlines()
+    failed = [ln for ln in lines if ln.startswith("FAILED")]
+    reason = next((ln for ln in lines if ln.startswith("E ") and ("deadlock" in ln or "Error" in ln or "assert" in ln)),
+                  "")
+    evidence = (failed[0].removeprefix("FAILED ") if failed else (lines[-1] if lines else "")) + \
+        (f" | {reason[1:].strip()[:160]}" if reason else "")
+    return proc.returncode != 0, evidence
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="mutation names (default: all)")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.names or m.name in args.names]
+    BUILD.mkdir(parents=True, exist_ok=True)
+    target = installed_module()
+    original = target.read_bytes()
+    rows = []
+    try:
+        shutil.copyfile(build_emu(), target)
+        for tests in {m.tests for m in chosen}:  # a mutation counts only where the clean build passes
+            failed, evidence = run_tests(tests)
+            if failed:
+                raise SystemExit(f"the unmutated build fails {' '.join(tests)}: {evidence}")
+        for m in chosen:
+            path = INCLUDE / m.file
+            source = path.read_text()
+            if source.count(m.old) != 1:
+                raise SystemExit(f"{m.name}: the text to replace is not found exactly once in {m.file}")
+            start = time.time()
+            try:
+                path.write_text(source.replace(m.old, m.new))
+                shutil.copyfile(build_emu(), target)
+                caught, evidence = run_tests(m.tests)
+            finally:
+                path.write_text(source)
+            rows.append((m.name, caught, evidence, time.time() - start))
+            print(f"{m.name}: {'caught' if caught else 'NOT CAUGHT'} ({time.time() - start:.0f} s) {evidence}",
+                  flush=True)
+    finally:
+        target.write_bytes(original)
+    print("\n| mutation | caught | by |\n|---|---|---|")
+    for name, caught, evidence, _ in rows:
+        print(f"| {name} | {'yes' if caught else '**no**'} | {evidence} |")
+    return 0 if all(caught for _, caught, _, _ in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
