@@ -3,6 +3,8 @@ scale layout), NaN-poisoned groups compared by their NaN masks. Each test runs o
 the host emulation of the kernels (kernel_device "cpu"), where shapes too large to emulate skip."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -52,13 +54,6 @@ def assert_outputs_equal(got, expected) -> None:
         (assert_fp8_equal if g.dtype == E4M3 else assert_scales_equal)(g, e)
 
 
-def numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def test_kernels_are_what_runs(kernel_device):
     assert dx.backend() == ("cuda" if kernel_device == "cuda" else "emulate")
 
@@ -70,8 +65,8 @@ PER_TOKEN_SHAPES = ((1, 16), (7, 144), (200, 4112), (3, 77, 400), (4096, 7168), 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))
 @pytest.mark.parametrize("pow2", (False, True))
 def test_per_token_cast_bitwise(kernel_device, shape, dtype, pow2):
-    emulation_too_large(kernel_device, numel(shape))
-    rows = numel(shape[:-1])
+    emulation_too_large(kernel_device, math.prod(shape))  # work: elements cast
+    rows = math.prod(shape[:-1])
     x = random_input(shape, dtype, kernel_device, nan_row=rows // 2, inf_row=rows - 1)
     assert_outputs_equal(dx.quant.per_token_cast_to_fp8(x, pow2), ref.per_token_cast_to_fp8(x, pow2))
 
@@ -85,7 +80,7 @@ def test_per_token_cast_row_strided_input(kernel_device):
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))
 @pytest.mark.parametrize("pow2", (False, True))
 def test_per_block_cast_bitwise(kernel_device, shape, dtype, pow2):
-    emulation_too_large(kernel_device, numel(shape))
+    emulation_too_large(kernel_device, math.prod(shape))
     w = random_input(shape, dtype, kernel_device, nan_row=min(5, shape[-2] - 1))
     assert_outputs_equal(dx.quant.per_block_cast_to_fp8(w, pow2), ref.per_block_cast_to_fp8(w, pow2))
 
@@ -94,7 +89,7 @@ def test_per_block_cast_bitwise(kernel_device, shape, dtype, pow2):
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))
 @pytest.mark.parametrize("pow2", (False, True))
 def test_cast_with_transpose_bitwise(kernel_device, shape, dtype, pow2):
-    emulation_too_large(kernel_device, numel(shape))
+    emulation_too_large(kernel_device, math.prod(shape))
     x = random_input(shape, dtype, kernel_device, nan_row=shape[0] - 3, inf_row=1)
     got = dx.quant.per_token_cast_to_fp8_with_transpose(x, pow2)
     assert_outputs_equal(got, ref.per_token_cast_to_fp8_with_transpose(x, pow2))
@@ -109,7 +104,7 @@ def test_cast_with_transpose_row_strided_input(kernel_device):
 
 @pytest.mark.parametrize("shape", ((16, 16), (272, 144), (2, 400, 144), (7168, 7168)))
 def test_transpose_block_bitwise(kernel_device, shape):
-    emulation_too_large(kernel_device, numel(shape))
+    emulation_too_large(kernel_device, math.prod(shape))
     q, s = ref.per_block_cast_to_fp8(random_input(shape, torch.bfloat16, kernel_device, nan_row=1))
     assert_outputs_equal(dx.quant.transpose_block_fp8(q, s), ref.transpose_block_fp8(q, s))
 
@@ -118,7 +113,7 @@ def test_transpose_block_bitwise(kernel_device, shape):
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))
 @pytest.mark.parametrize("pow2", (False, True))
 def test_swiglu_cast_bitwise(kernel_device, shape, dtype, pow2):
-    emulation_too_large(kernel_device, numel(shape))
+    emulation_too_large(kernel_device, math.prod(shape))
     gate_up = (torch.randn(shape, device=kernel_device) * 4).to(dtype)
     gate_up.view(-1, shape[-1])[0, 5] = float("nan")
     assert_outputs_equal(dx.quant.swiglu_cast_to_fp8(gate_up, pow2), ref.swiglu_cast_to_fp8(gate_up, pow2))
@@ -128,7 +123,7 @@ def test_swiglu_cast_bitwise(kernel_device, shape, dtype, pow2):
 @pytest.mark.parametrize("out_dtype", (torch.float32, torch.bfloat16))
 @pytest.mark.parametrize("shape", ((1, 16), (200, 272), (3, 130, 400), (4096, 7168)))
 def test_dequantize_bitwise(kernel_device, per_block, out_dtype, shape):
-    emulation_too_large(kernel_device, numel(shape))
+    emulation_too_large(kernel_device, math.prod(shape))
     x = random_input(shape, torch.bfloat16, kernel_device, nan_row=0)
     q, s = (ref.per_block_cast_to_fp8 if per_block else ref.per_token_cast_to_fp8)(x)
     block = (128, 128) if per_block else (1, 128)

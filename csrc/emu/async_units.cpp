@@ -73,11 +73,16 @@ void complete_tx(Block& b, uint32_t bar, uint32_t bytes, Site site) {
   note_progress();
 }
 
-std::string mbarrier_text(uint32_t bar, const Mbarrier& m, uint32_t parity) {
+}  // namespace
+
+std::string describe_mbarrier_wait(Block& b, uint32_t bar, uint32_t parity) {
+  const Mbarrier m = load(reinterpret_cast<const uint64_t*>(b.dynamic.at(bar, 8, "mbarrier")), bar, Site{nullptr, 0});
   return "mbarrier 0x" + SharedView::hex(bar) + " parity " + std::to_string(parity) + " (phase parity " +
          std::to_string(m.phase) + ", arrivals pending " + std::to_string(m.pending) + "/" +
          std::to_string(m.expected) + ", tx-count " + std::to_string(m.tx) + ")";
 }
+
+namespace {
 
 // --- TMA -----------------------------------------------------------------------------------------
 struct TmaOp {
@@ -143,7 +148,7 @@ void warpgroup_collective(int kind, Site site, const char* name, Join join, Comp
     note_progress();
     return;
   }
-  wait_generation(wg.generation, site, name);
+  wait_generation(wg.generation, site, Fiber::Wait::kWarpgroup);
 }
 
 bool pending_output(const WarpgroupState& wg, const float* registers, int thread, int& op) {
@@ -189,6 +194,19 @@ void retire(Block& b, WarpgroupState& wg, int end, Site site) {
   }
 }
 
+// A TMA store reads through the async proxy: its source must hold what the threads wrote, i.e.
+// they fenced (fence.proxy.async) after writing it.
+void check_published(Block& b, const TmaOp& op) {
+  uint32_t bytes = op.map.elem_bytes;
+  for (int i = 0; i < op.map.rank; ++i) bytes *= op.map.box[i];
+  const uint8_t* generic = b.dynamic.at(op.smem, bytes, "TMA store source");
+  const uint8_t* seen = async_shared(b).at(op.smem, bytes, "TMA store source");
+  if (std::memcmp(generic, seen, bytes) != 0)
+    fault("TMA store of shared memory 0x" + SharedView::hex(op.smem) + " (+" + std::to_string(bytes) +
+              " bytes) written after the last fence.proxy.async: the async proxy does not see those writes",
+          op.site);
+}
+
 }  // namespace
 
 // --- mbarrier ------------------------------------------------------------------------------------
@@ -214,10 +232,9 @@ bool mbarrier_try_wait_parity(uint32_t bar, uint32_t parity, Site site) {
   const uint64_t* word = mbarrier_word(bar, site);
   // The phase with parity `parity` has completed once the current phase's parity differs.
   if (load(word, bar, site).phase != (parity & 1u)) return true;
-  Fiber& f = current();
-  f.site = site;
-  f.waiting_on = mbarrier_text(bar, load(word, bar, site), parity & 1u);
+  note_wait(site, Fiber::Wait::kMbarrier, bar, parity & 1u);
   yield(false);
+  current().wait = Fiber::Wait::kNone;
   return load(word, bar, site).phase != (parity & 1u);
 }
 
@@ -261,10 +278,16 @@ void bulk_wait_group(int pending, bool, Site site) {
     }
     return static_cast<int>(f.bulk_groups.size()) <= pending;
   };
-  wait_until(done, site, "cp.async.bulk.wait_group " + std::to_string(pending));
+  wait_until(done, site, Fiber::Wait::kBulkGroup, static_cast<uint64_t>(pending));
 }
 
-void fence_proxy_async(Site) { current().block->proxy_fence_pending = true; }
+// The generic writes made so far become visible to the async proxy (this thread's, and, as the
+// model does not track writers, everyone's: a missing fence shows where no thread fenced).
+void fence_proxy_async(Site) {
+  Block& b = *current().block;
+  async_shared(b);
+  std::memcpy(b.async_bytes.data(), b.dynamic_bytes.data(), b.dynamic_bytes.size());
+}
 
 void reset_async_units() {
   tma_queue().clear();
@@ -284,6 +307,7 @@ void run_async_units() {
         tma_load_box(op.map, op.coords, async, op.smem);  // ... which generic reads see after the mbarrier
         complete_tx(b, op.bar, bytes, op.site);
       } else {
+        check_published(b, op);
         tma_store_box(op.map, op.coords, async_shared(b), op.smem);
       }
     } catch (const std::exception& e) {

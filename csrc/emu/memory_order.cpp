@@ -44,11 +44,11 @@ uint64_t ld_acquire(const uint64_t* p, bool system, Site site) {
           site);
   }
   Fiber& f = current();
-  f.site = site;
-  f.waiting_on = "flag 0x" + hex(p) + (system ? " (ld.acquire.sys)" : " (ld.acquire.gpu)");
+  note_wait(site, system ? Fiber::Wait::kSysFlag : Fiber::Wait::kFlag, reinterpret_cast<uintptr_t>(p));
   f.external_wait = system;
   yield(false);  // a poll: let the writers run before the value is returned
   f.external_wait = false;
+  f.wait = Fiber::Wait::kNone;
   return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }
 

@@ -27,9 +27,9 @@
 #define __launch_bounds__(...)
 #undef __grid_constant__
 #define __grid_constant__
-// Static shared memory: one program-wide copy in its own section, swapped per block by the scheduler.
+// Static shared memory: each resident block runs on an OS thread of its own (scheduler.cpp).
 #undef __shared__
-#define __shared__ static __attribute__((section("dx_shared")))
+#define __shared__ static thread_local
 
 namespace dx::emu {
 

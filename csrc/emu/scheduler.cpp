@@ -1,22 +1,20 @@
 // Fiber scheduler of the emulation build: launches, blocks, warps, barriers, warp collectives,
-// shared memory, and the deadlock report.
+// shared memory, and the deadlock report. Each resident block runs on an OS thread of its own
+// (its static __shared__ variables are that thread's thread_local copies), and the threads take
+// turns: one runs at a time, so the emulation is deterministic.
 #include "emu/scheduler.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <sstream>
 #include <thread>
-
-// The static __shared__ section (runtime.h); hidden so each module swaps its own.
-extern "C" {
-extern uint8_t __start_dx_shared[] __attribute__((weak, visibility("hidden")));
-extern uint8_t __stop_dx_shared[] __attribute__((weak, visibility("hidden")));
-}
 
 namespace dx::emu {
 
@@ -33,18 +31,16 @@ struct Launch {
   std::function<void()>* body = nullptr;
   dim3 grid, block;
   std::vector<std::unique_ptr<Block>> blocks;  // resident blocks of the current wave
-  Fiber* current = nullptr;
-  Block* static_owner = nullptr;  // whose copy sits in the static shared section
-  jmp_buf main_context;
   bool progress = false, memory_progress = false;
+  bool block_progress = false;  // the running block's own, since its last local round began
   bool failed = false;
   std::string failure;
 };
 
-thread_local Launch* g_launch = nullptr;
+Launch* g_launch = nullptr;  // handed between the block threads with the turn
+thread_local Fiber* t_current = nullptr;
+thread_local jmp_buf t_scheduler;  // where the running fiber of this OS thread yields to
 std::mutex g_launch_mutex;  // one emulated launch at a time per process
-
-size_t static_shared_bytes() { return static_cast<size_t>(__stop_dx_shared - __start_dx_shared); }
 
 // Stacks of one wave, reserved once and reused by later launches.
 struct StackPool {
@@ -74,14 +70,6 @@ std::string where(Site site) {
   return std::string(short_path(site.file)) + ":" + std::to_string(site.line);
 }
 
-void own_static_shared(Launch& l, Block* b) {
-  const size_t bytes = static_shared_bytes();
-  if (l.static_owner == b || bytes == 0) return;
-  if (l.static_owner != nullptr) std::memcpy(l.static_owner->static_bytes.data(), __start_dx_shared, bytes);
-  std::memcpy(__start_dx_shared, b->static_bytes.data(), bytes);
-  l.static_owner = b;
-}
-
 // Whole-block barriers count exited threads as arrived: an exit can complete one.
 void release_whole_block_barriers(Block& b) {
   for (BarrierState& bar : b.barriers) {
@@ -94,7 +82,7 @@ void release_whole_block_barriers(Block& b) {
 
 void fiber_main() {
   Launch& l = *g_launch;
-  Fiber& f = *l.current;
+  Fiber& f = *t_current;
   try {
     (*l.body)();
   } catch (const EmulationFault& e) {
@@ -105,14 +93,13 @@ void fiber_main() {
   f.done = true;
   f.block->live -= 1;
   release_whole_block_barriers(*f.block);
-  l.progress = true;
-  _longjmp(l.main_context, 1);
+  l.progress = l.block_progress = true;
+  _longjmp(t_scheduler, 1);
 }
 
-void run_fiber(Launch& l, Fiber& f) {
-  own_static_shared(l, f.block);
-  l.current = &f;
-  if (_setjmp(l.main_context) == 0) {
+void run_fiber(Fiber& f) {
+  t_current = &f;
+  if (_setjmp(t_scheduler) == 0) {
     if (f.started) _longjmp(f.context, 1);
     f.started = true;
     ucontext_t entry;
@@ -123,7 +110,62 @@ void run_fiber(Launch& l, Fiber& f) {
     makecontext(&entry, fiber_main, 0);
     setcontext(&entry);
   }
-  l.current = nullptr;
+  t_current = nullptr;
+}
+
+// Runs block b's fibers round by round while they make progress among themselves.
+void run_block(Launch& l, Block& b) {
+  do {
+    l.block_progress = false;
+    for (auto& f : b.fibers) {
+      if (f->done || (f->wake_generation != nullptr && *f->wake_generation == f->asleep_at)) continue;
+      run_fiber(*f);
+      if (l.failed) return;
+    }
+  } while (l.block_progress && b.live > 0);
+}
+
+// One OS thread per resident block slot; run(b) runs b on it and returns when b yields the turn.
+class BlockThread {
+ public:
+  BlockThread() : thread_([this] { serve(); }) { thread_.detach(); }
+  void run(Block& b) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    block_ = &b;
+    wake_.notify_one();
+    wake_.wait(lock, [this] { return block_ == nullptr; });
+  }
+
+ private:
+  void serve() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (true) {
+      wake_.wait(lock, [this] { return block_ != nullptr; });
+      try {
+        run_block(*g_launch, *block_);
+      } catch (const EmulationFault& e) {
+        if (!g_launch->failed) g_launch->failed = true, g_launch->failure = e.message;
+      }
+      block_ = nullptr;
+      wake_.notify_one();
+    }
+  }
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  Block* block_ = nullptr;
+  std::thread thread_;
+};
+
+// The block threads; a forked child (gloo ranks) starts a fresh set (the parent's did not fork).
+std::vector<BlockThread*>* g_block_threads = nullptr;
+BlockThread& block_thread(size_t slot) {
+  static const bool registered = [] {
+    return pthread_atfork(nullptr, nullptr, [] { g_block_threads = nullptr; }) == 0;
+  }();
+  (void)registered;
+  if (g_block_threads == nullptr) g_block_threads = new std::vector<BlockThread*>();
+  while (g_block_threads->size() <= slot) g_block_threads->push_back(new BlockThread());
+  return *(*g_block_threads)[slot];
 }
 
 std::unique_ptr<Block> make_block(Launch& l, int64_t linear, size_t dynamic_smem, size_t stack_base) {
@@ -136,7 +178,6 @@ std::unique_ptr<Block> make_block(Launch& l, int64_t linear, size_t dynamic_smem
   b->warpgroups.resize((b->threads + kWarpgroupThreads - 1) / kWarpgroupThreads);
   b->dynamic_bytes.assign(dynamic_smem, kPoison);
   b->dynamic = SharedView{b->dynamic_bytes.data(), kDynamicWindowBase, static_cast<uint32_t>(dynamic_smem)};
-  b->static_bytes.assign(static_shared_bytes(), kPoison);
   for (int t = 0; t < b->threads; ++t) {
     auto f = std::make_unique<Fiber>();
     f->tid = t;
@@ -146,6 +187,21 @@ std::unique_ptr<Block> make_block(Launch& l, int64_t linear, size_t dynamic_smem
     b->fibers.push_back(std::move(f));
   }
   return b;
+}
+
+std::string describe_wait(const Fiber& f) {
+  const uint64_t a = f.wait_args[0];
+  switch (f.wait) {
+    case Fiber::Wait::kBarrier: return "barrier " + std::to_string(a);
+    case Fiber::Wait::kWarpCollective: return "warp collective";
+    case Fiber::Wait::kWarpgroup: return "warpgroup instruction (wgmma/setmaxnreg)";
+    case Fiber::Wait::kMbarrier:
+      return describe_mbarrier_wait(*f.block, static_cast<uint32_t>(a), static_cast<uint32_t>(f.wait_args[1]));
+    case Fiber::Wait::kFlag: return "flag 0x" + SharedView::hex(a) + " (ld.acquire.gpu)";
+    case Fiber::Wait::kSysFlag: return "flag 0x" + SharedView::hex(a) + " (ld.acquire.sys)";
+    case Fiber::Wait::kBulkGroup: return "cp.async.bulk.wait_group " + std::to_string(a);
+    default: return "nothing (runnable)";
+  }
 }
 
 // One line per warp and wait site: which lanes wait where, on what.
@@ -160,7 +216,7 @@ std::string deadlock_report(const Launch& l) {
         const size_t t = w * kWarpSize + lane;
         if (t >= b->fibers.size() || b->fibers[t]->done) continue;
         const Fiber& f = *b->fibers[t];
-        lanes_at[where(f.site) + " waiting on " + f.waiting_on] |= 1u << lane;
+        lanes_at[where(f.site) + " waiting on " + describe_wait(f)] |= 1u << lane;
       }
       for (const auto& [what, mask] : lanes_at) {
         if (++lines > 48) {
@@ -184,19 +240,17 @@ bool any_external_wait(const Launch& l) {  // a poll another process may satisfy
   return false;
 }
 
-// Runs the resident blocks round by round until they finish, fail or deadlock.
+// Gives the resident blocks turns until they finish, fail or deadlock; the TMA works between turns.
 void run_wave(Launch& l) {
+  int backoff_us = 0;  // while only other processes can move this launch on, poll ever more slowly
   while (true) {
     bool live = false;
     l.progress = l.memory_progress = false;
-    for (auto& b : l.blocks) {
-      for (auto& f : b->fibers) {
-        if (f->done) continue;
-        live = true;
-        if (f->wake_generation != nullptr && *f->wake_generation == f->asleep_at) continue;
-        run_fiber(l, *f);
-        if (l.failed) return;
-      }
+    for (size_t i = 0; i < l.blocks.size(); ++i) {
+      if (l.blocks[i]->live == 0) continue;
+      live = true;
+      block_thread(i).run(*l.blocks[i]);
+      if (l.failed) return;
     }
     if (!live) return;
     try {
@@ -205,11 +259,12 @@ void run_wave(Launch& l) {
       l.failed = true, l.failure = e.message;
       return;
     }
-    if (l.progress) continue;
     if (any_external_wait(l)) {  // another process may still write what these threads poll
-      if (!l.memory_progress) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      backoff_us = l.memory_progress ? 0 : std::min(2 * backoff_us + 10, 1000);
+      std::this_thread::sleep_for(std::chrono::microseconds(backoff_us));
       continue;
     }
+    if (l.progress) continue;
     l.failed = true;
     l.failure = deadlock_report(l);
     return;
@@ -226,30 +281,36 @@ thread_local std::string g_last_error;
 }  // namespace
 
 Fiber& current() {
-  if (g_launch == nullptr || g_launch->current == nullptr) throw std::logic_error("device code outside a launch");
-  return *g_launch->current;
+  if (t_current == nullptr) throw std::logic_error("device code outside a launch");
+  return *t_current;
 }
 
 void yield(bool progress) {
-  Launch& l = *g_launch;
-  if (progress) l.progress = true;
-  Fiber& f = *l.current;
-  if (_setjmp(f.context) == 0) _longjmp(l.main_context, 1);
+  if (progress) g_launch->progress = g_launch->block_progress = true;
+  Fiber& f = *t_current;
+  if (_setjmp(f.context) == 0) _longjmp(t_scheduler, 1);
 }
 
-void wait_generation(const uint64_t& generation, Site site, const std::string& what) {
+void note_wait(Site site, Fiber::Wait what, uint64_t arg0, uint64_t arg1) {
+  Fiber& f = current();
+  f.site = site;
+  f.wait = what;
+  f.wait_args[0] = arg0;
+  f.wait_args[1] = arg1;
+}
+
+void wait_generation(const uint64_t& generation, Site site, Fiber::Wait what, uint64_t arg0) {
   Fiber& f = current();
   f.wake_generation = &generation;
   f.asleep_at = generation;
-  f.site = site;
-  f.waiting_on = what;
+  note_wait(site, what, arg0);
   while (generation == f.asleep_at) yield(false);
   f.wake_generation = nullptr;
-  f.waiting_on.clear();
+  f.wait = Fiber::Wait::kNone;
 }
 
 void note_progress() {
-  g_launch->progress = true;
+  g_launch->progress = g_launch->block_progress = true;
   g_launch->memory_progress = true;
 }
 
@@ -262,7 +323,7 @@ std::string describe(const Fiber& f) {
 
 void fault(const std::string& message, Site site) {
   std::string text = message;
-  if (g_launch != nullptr && g_launch->current != nullptr) text = describe(*g_launch->current) + ": " + text;
+  if (t_current != nullptr) text = describe(*t_current) + ": " + text;
   if (site.file != nullptr) text += " (at " + where(site) + ")";
   throw EmulationFault{text};
 }
@@ -320,19 +381,15 @@ uint32_t shared_window_address(const void* p) {
   const auto* byte = static_cast<const uint8_t*>(p);
   if (byte >= b.dynamic_bytes.data() && byte < b.dynamic_bytes.data() + b.dynamic_bytes.size())
     return kDynamicWindowBase + static_cast<uint32_t>(byte - b.dynamic_bytes.data());
-  if (byte >= __start_dx_shared && byte < __stop_dx_shared)
-    return kStaticWindowBase + static_cast<uint32_t>(byte - __start_dx_shared);
-  fault("__cvta_generic_to_shared of an address outside the block's shared memory", Site{nullptr, 0});
+  fault("__cvta_generic_to_shared of an address outside the block's dynamic shared memory (static __shared__ "
+        "variables have no shared-window address in the emulator)",
+        Site{nullptr, 0});
 }
 
 const SharedView& async_shared(Block& b) {
   if (b.async_bytes.empty()) {  // first async access: the proxy has seen no generic write yet
     b.async_bytes.assign(b.dynamic_bytes.size(), kPoison);
     b.async_view = SharedView{b.async_bytes.data(), kDynamicWindowBase, b.dynamic.size};
-  }
-  if (b.proxy_fence_pending) {  // fence.proxy.async: generic writes so far become visible to it
-    std::memcpy(b.async_bytes.data(), b.dynamic_bytes.data(), b.dynamic_bytes.size());
-    b.proxy_fence_pending = false;
   }
   return b.async_view;
 }
@@ -355,10 +412,10 @@ void barrier_sync(uint32_t id, uint32_t threads, Site site) {
   if (bar.arrived == (bar.expected == 0 ? static_cast<uint32_t>(b.live) : bar.expected)) {
     bar.arrived = 0;
     bar.generation += 1;
-    g_launch->progress = true;
+    g_launch->progress = g_launch->block_progress = true;
     return;
   }
-  wait_generation(bar.generation, site, "barrier " + std::to_string(id));
+  wait_generation(bar.generation, site, Fiber::Wait::kBarrier, id);
 }
 
 uint64_t warp_shuffle(int kind, uint32_t mask, uint64_t value, int arg, int width, Site site) {
@@ -397,9 +454,9 @@ uint64_t warp_shuffle(int kind, uint32_t mask, uint64_t value, int arg, int widt
     }
     w.arrived = 0;
     w.generation += 1;
-    g_launch->progress = true;
+    g_launch->progress = g_launch->block_progress = true;
   } else {
-    wait_generation(w.generation, site, "warp collective");
+    wait_generation(w.generation, site, Fiber::Wait::kWarpCollective);
   }
   return w.results[lane];
 }
@@ -418,7 +475,7 @@ void warpgroup_setmaxnreg(bool increase, int registers, Site site) {
               " at " + where(wg.site) + ")",
           site);
   if (++wg.arrived < kWarpgroupThreads) {
-    wait_generation(wg.generation, site, "setmaxnreg (warpgroup)");
+    wait_generation(wg.generation, site, Fiber::Wait::kWarpgroup);
     return;
   }
   if (wg.registers != 0 && (increase ? registers < wg.registers : registers > wg.registers))
@@ -436,7 +493,7 @@ void warpgroup_setmaxnreg(bool increase, int registers, Site site) {
     fault("setmaxnreg budgets need " + std::to_string(total) + " registers; an SM has 65536", site);
   wg.arrived = 0;
   wg.generation += 1;
-  g_launch->progress = true;
+  g_launch->progress = g_launch->block_progress = true;
 }
 
 }  // namespace dx::emu

@@ -21,7 +21,6 @@ constexpr int kSmCount = 132;                    // H200: blocks of one wave, co
 constexpr uint32_t kDefaultSharedBytes = 48 * 1024;  // dynamic smem without the opt-in attribute
 constexpr uint32_t kMaxSharedBytes = 232448;     // sm_90 opt-in limit per block
 constexpr uint32_t kDynamicWindowBase = 16;      // the runtime guarantees only 16-byte alignment
-constexpr uint32_t kStaticWindowBase = 0x40000;  // static __shared__ variables: above any dynamic
 
 struct Block;
 
@@ -34,7 +33,10 @@ struct Fiber {
   bool started = false, done = false;
   // Where it waits and why (for deadlock reports), and whether that wait is on another process.
   Site site{nullptr, 0};
-  std::string waiting_on;
+  // What it waits for, formatted only for a deadlock report (polls run often).
+  enum class Wait { kNone, kBarrier, kWarpCollective, kWarpgroup, kMbarrier, kFlag, kSysFlag, kBulkGroup };
+  Wait wait = Wait::kNone;
+  uint64_t wait_args[2] = {};
   bool external_wait = false;
   // Waits that only a generation change can end: the scheduler skips the fiber until it changes.
   const uint64_t* wake_generation = nullptr;
@@ -100,8 +102,6 @@ struct Block {
   SharedView dynamic;                  // ... as the async units address it
   std::vector<uint8_t> async_bytes;    // what the async proxy sees (set up on first use)
   SharedView async_view;
-  bool proxy_fence_pending = false;    // generic writes fenced since async_view was refreshed
-  std::vector<uint8_t> static_bytes;   // this block's copy of the static __shared__ section
 };
 
 // The fiber running now (never null inside device code).
@@ -110,24 +110,27 @@ Fiber& current();
 // Yields to the other fibers until the next round. `progress` says that the fiber moved on
 // (false for an unsatisfied poll, which counts toward deadlock detection).
 void yield(bool progress);
-// Blocks with a report line until `ready()`.
+// Marks the current fiber as waiting (for the deadlock report) before it yields.
+void note_wait(Site site, Fiber::Wait what, uint64_t arg0 = 0, uint64_t arg1 = 0);
+// Blocks until `ready()`.
 template <typename Ready>
-void wait_until(Ready ready, Site site, const std::string& what) {
-  Fiber& f = current();
+void wait_until(Ready ready, Site site, Fiber::Wait what, uint64_t arg0 = 0) {
   while (!ready()) {
-    f.site = site;
-    f.waiting_on = what;
+    note_wait(site, what, arg0);
     yield(false);
   }
-  f.waiting_on.clear();
+  current().wait = Fiber::Wait::kNone;
 }
-// Blocks until *generation moves past its current value (barriers, collectives).
-void wait_generation(const uint64_t& generation, Site site, const std::string& what);
+// Blocks until `generation` moves past its current value (barriers, collectives).
+void wait_generation(const uint64_t& generation, Site site, Fiber::Wait what, uint64_t arg0 = 0);
+// The deadlock report's text for an mbarrier wait (async_units.cpp).
+std::string describe_mbarrier_wait(Block& b, uint32_t bar, uint32_t parity);
 // Something other fibers may be waiting for changed.
 void note_progress();
 // Aborts the launch: reported as the launch's error with the current fiber's position.
 [[noreturn]] void fault(const std::string& message, Site site);
-// The block's shared memory seen by the async proxy (refreshed after fence.proxy.async).
+// The block's shared memory as the async proxy sees it: TMA writes land in both views, generic
+// writes reach it only through fence.proxy.async.
 const SharedView& async_shared(Block& b);
 // Runs once per scheduler round after every fiber had its turn: queued TMA copies complete.
 void run_async_units();

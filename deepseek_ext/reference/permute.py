@@ -72,6 +72,8 @@ def unpermute_from_grouped(y: torch.Tensor, inverse_map: torch.Tensor, topk_weig
     """y [rows, H] -> [T, H] bf16: out[t] = sum over slots j in order of y[inverse_map[t, j]] *
     topk_weights[t, j] in fp32 (module doc), slots with inverse_map -1 skipped."""
     out = torch.zeros(inverse_map.shape[0], y.shape[1], dtype=torch.float32, device=y.device)
+    if y.shape[0] == 0:  # every slot is -1: nothing routed
+        return out.to(torch.bfloat16)
     for j in range(inverse_map.shape[1]):
         rows = inverse_map[:, j].long()
         has_row = rows >= 0
