@@ -72,11 +72,19 @@ def build_emu() -> Path:
     return next(BUILD.glob("_emu*.so"))
 
 
+def install(module: Path, target: Path) -> None:
+    """Swaps the emulation module in; it must import (else every emulated test would just skip)."""
+    shutil.copyfile(module, target)
+    subprocess.run([sys.executable, "-c", "import deepseek_ext as dx; assert dx.has_emulation()"], check=True, cwd="/")
+
+
 def run_tests(tests: tuple[str, ...]) -> tuple[bool, str]:
     """(caught, evidence): caught when pytest fails; the evidence names the first failure."""
     proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     lines = proc.stdout.splitlines()
+    if proc.returncode == 0 and " passed" not in (lines[-1] if lines else ""):
+        raise SystemExit(f"no test ran for {' '.join(tests)}: {lines[-1] if lines else proc.stderr}")
     failed = [ln for ln in lines if ln.startswith("FAILED")]
     reason = next((ln for ln in lines if ln.startswith("E ") and ("deadlock" in ln or "Error" in ln or "assert" in ln)),
                   "")
@@ -95,7 +103,7 @@ def main() -> int:
     original = target.read_bytes()
     rows = []
     try:
-        shutil.copyfile(build_emu(), target)
+        install(build_emu(), target)
         for tests in {m.tests for m in chosen}:  # a mutation counts only where the clean build passes
             failed, evidence = run_tests(tests)
             if failed:
@@ -108,7 +116,7 @@ def main() -> int:
             start = time.time()
             try:
                 path.write_text(source.replace(m.old, m.new))
-                shutil.copyfile(build_emu(), target)
+                install(build_emu(), target)
                 caught, evidence = run_tests(m.tests)
             finally:
                 path.write_text(source)

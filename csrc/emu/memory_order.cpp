@@ -46,6 +46,7 @@ uint64_t ld_acquire(const uint64_t* p, bool system, Site site) {
   Fiber& f = current();
   note_wait(site, system ? Fiber::Wait::kSysFlag : Fiber::Wait::kFlag, reinterpret_cast<uintptr_t>(p));
   f.external_wait = system;
+  note_poll();
   yield(false);  // a poll: let the writers run before the value is returned
   f.external_wait = false;
   f.wait = Fiber::Wait::kNone;

@@ -32,7 +32,8 @@ struct Launch {
   dim3 grid, block;
   std::vector<std::unique_ptr<Block>> blocks;  // resident blocks of the current wave
   bool progress = false, memory_progress = false;
-  bool block_progress = false;  // the running block's own, since its last local round began
+  // The running block's own, since its last local round began: progress, flag writes, flag polls.
+  bool block_progress = false, block_memory_progress = false, block_polled = false;
   bool failed = false;
   std::string failure;
 };
@@ -113,16 +114,17 @@ void run_fiber(Fiber& f) {
   t_current = nullptr;
 }
 
-// Runs block b's fibers round by round while they make progress among themselves.
+// Runs block b's fibers round by round while they make progress among themselves (a round that
+// only polled flags, with no flag written, waits for someone else: the turn passes on).
 void run_block(Launch& l, Block& b) {
   do {
-    l.block_progress = false;
+    l.block_progress = l.block_memory_progress = l.block_polled = false;
     for (auto& f : b.fibers) {
       if (f->done || (f->wake_generation != nullptr && *f->wake_generation == f->asleep_at)) continue;
       run_fiber(*f);
       if (l.failed) return;
     }
-  } while (l.block_progress && b.live > 0);
+  } while (l.block_progress && b.live > 0 && (l.block_memory_progress || !l.block_polled));
 }
 
 // One OS thread per resident block slot; run(b) runs b on it and returns when b yields the turn.
@@ -311,8 +313,10 @@ void wait_generation(const uint64_t& generation, Site site, Fiber::Wait what, ui
 
 void note_progress() {
   g_launch->progress = g_launch->block_progress = true;
-  g_launch->memory_progress = true;
+  g_launch->memory_progress = g_launch->block_memory_progress = true;
 }
+
+void note_poll() { g_launch->block_polled = true; }
 
 std::string describe(const Fiber& f) {
   std::ostringstream out;

@@ -127,6 +127,8 @@ void wait_generation(const uint64_t& generation, Site site, Fiber::Wait what, ui
 std::string describe_mbarrier_wait(Block& b, uint32_t bar, uint32_t parity);
 // Something other fibers may be waiting for changed.
 void note_progress();
+// A flag poll: what it waits for may come from another block or process.
+void note_poll();
 // Aborts the launch: reported as the launch's error with the current fiber's position.
 [[noreturn]] void fault(const std::string& message, Site site);
 // The block's shared memory as the async proxy sees it: TMA writes land in both views, generic

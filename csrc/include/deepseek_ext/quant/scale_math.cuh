@@ -1,5 +1,6 @@
 // Scale arithmetic and scale-layout index math of the numerics contract, shared by host and device.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -41,6 +42,25 @@ DX_HOST_DEVICE float scale_from_amax(float amax, bool pow2_scale) {
 DX_HOST_DEVICE float scale_and_clamp(float x, float s) {
   const float v = x / s;
   return v > kFp8E4m3Max ? kFp8E4m3Max : (v < -kFp8E4m3Max ? -kFp8E4m3Max : v);
+}
+
+// True when divide_by_scale may replace x / s: s and r = 1/s are both normal, s in [2^-126, 2^126]
+// (the error bounds that make the correction exact need a normal reciprocal); NaN fails both
+// compares, so NaN, Inf, zero, subnormal and negative scales take the true division.
+DX_HOST_DEVICE bool reciprocal_is_exact_enough(float s) { return s >= 0x1p-126f && s <= 0x1p126f; }
+
+// x / s bit-identical to the IEEE division, from r = 1/s (true division, once per group): one
+// multiply and two FMAs instead of a division per element. Needs reciprocal_is_exact_enough(s) and
+// no overflow of x * r (the kernels have |x| <= amax, so |x / s| <~ 448); NaN x gives NaN.
+DX_HOST_DEVICE float divide_by_scale(float x, float s, float r) {
+#if defined(__CUDA_ARCH__)
+  const float q0 = __fmul_rn(x, r);  // rounded product, within ~1 ulp of x/s; nvcc must not fuse it
+#else
+  const float q0 = x * r;  // the host builds compile with -ffp-contract=off
+#endif
+  const float e = fmaf(-q0, s, x);  // residual x - q0*s: exact (q0 ~ x/s) unless |x| < ~2^-100, e4m3 0 there
+  const float q = fmaf(e, r, q0);   // Markstein correction: RN(q0 + e*r) == RN(x/s)
+  return copysignf(q, x);           // x = -0 gives +0 above (-0 + +0 = +0); x/s has the sign of x
 }
 
 // a / b for a >= 0, b > 0: 32-bit division when both fit (a 64-bit division costs the GPU
