@@ -3,7 +3,8 @@
 For each quant kernel in deepseek_ext/_C*.so it prints registers per thread and local memory
 (`cuobjdump -res-usage`), CTAs per SM on an H100/H200 (from registers, shared memory and threads
 per block, as the CUDA occupancy calculator computes it), and SASS instructions per output
-element, against a budget. Exit status 1 if a kernel is over budget (0 with --report-only).
+element, against a budget. Exit status 1 if a kernel is over budget (0 with --report-only), 2 if
+the measurement fails.
 
 The counting rule (instructions per element):
 
@@ -42,6 +43,7 @@ section for any kernel that may touch shared memory: at worst 1 KB pessimistic);
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.metadata
 import importlib.util
 import json
@@ -109,10 +111,14 @@ def steady_path(insns: list[tuple[int, bool, str, str]]) -> list[tuple[int, bool
         length = best[s][0] + sum(ins[2] not in ("NOP", "CALL") for ins in insns[s:end[s]])
         if op == "EXIT":
             finish = max(finish, (length, s))
-        successors = ([target[last]] if op == "BRA" else []) + ([end[s]] if op not in ("BRA", "EXIT", "RET") or predicated else [])
+        successors = [target[last]] if op == "BRA" else []
+        if op not in ("BRA", "EXIT", "RET") or predicated:  # falls through (a predicated one may)
+            successors.append(end[s])
         for t in successors:
             if s < t < len(insns) and best.get(t, (-1,))[0] < length:
                 best[t] = (length, s)
+    if finish[1] is None:
+        raise ValueError("no path from the entry to an EXIT without a CALL")
     path, s = [], finish[1]
     while s is not None:
         path[:0] = [ins for ins in insns[s:end[s]] if ins[2] not in ("NOP", "CALL")]
@@ -127,7 +133,7 @@ def parse_res_usage(text: str) -> dict[str, dict[str, int]]:
 
 
 def ctas_per_sm(regs: int, smem: int, threads: int) -> tuple[int, str]:
-    """Resident CTAs per SM on sm_90 and the resource that limits them."""
+    """Resident CTAs per SM on sm_90 and the resources that limit them."""
     warps = -(-threads // 32)
     regs_per_warp = -(-max(regs, 1) * 32 // REG_UNIT) * REG_UNIT
     smem_cta = -(-(smem + SMEM_RESERVED) // SMEM_UNIT) * SMEM_UNIT
@@ -137,15 +143,21 @@ def ctas_per_sm(regs: int, smem: int, threads: int) -> tuple[int, str]:
         "threads": THREADS_PER_SM // (warps * 32),
         "ctas": CTAS_PER_SM,
     }
-    limiter = min(limits, key=limits.get)
-    return limits[limiter], limiter
+    fewest = min(limits.values())
+    return fewest, "/".join(k for k, v in limits.items() if v == fewest)  # every resource that binds
+
+
+def fail(message: str):
+    """Stops with status 2: the measurement itself failed (1 means over budget)."""
+    print(f"sass_budget: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def source_constant(relpath: str, name: str) -> int:
     """A `constexpr int name = N;` of the CUDA sources (so the element counts follow the code)."""
     m = re.search(rf"constexpr\s+\w+\s+{name}\s*=\s*(\d+)\s*;", (ROOT / relpath).read_text())
     if not m:
-        raise SystemExit(f"sass_budget: constexpr {name} not found in {relpath}")
+        fail(f"constexpr {name} not found in {relpath}")
     return int(m.group(1))
 
 
@@ -196,13 +208,13 @@ def find_extension() -> str | None:
 def cuobjdump(args: list[str]) -> str:
     tool = find_tool("cuobjdump")
     if not tool:
-        raise SystemExit("sass_budget: no cuobjdump (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+        fail("no cuobjdump (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     env = dict(os.environ)
     if nvdisasm := find_tool("nvdisasm"):  # -sass runs nvdisasm, found through PATH
         env["PATH"] = f"{Path(nvdisasm).parent}{os.pathsep}{env.get('PATH', '')}"
     done = subprocess.run([tool, *args], capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise SystemExit(f"sass_budget: cuobjdump {' '.join(args)} failed:\n{done.stderr}")
+        fail(f"cuobjdump {' '.join(args)} failed:\n{done.stderr}")
     return done.stdout
 
 
@@ -213,13 +225,13 @@ def measure(so: str) -> list[dict]:
     for spec in kernel_specs():
         names = [n for n in resources if spec["fragment"] in n]
         if len(names) != 1:
-            raise SystemExit(f"sass_budget: {spec['label']}: expected one function matching {spec['fragment']}, got {names}")
+            fail(f"{spec['label']}: expected one function matching {spec['fragment']}, got {names}")
         res, insns = resources[names[0]], sass.get(names[0], [])
+        if not insns:
+            fail(f"no SASS for {names[0]}")
         path = steady_path(insns)
         ctas, limiter = ctas_per_sm(res["REG"], res["SHARED"] + spec["dynamic_smem"], spec["threads"])
-        mix: dict[str, int] = {}
-        for _, _, op, _ in path:
-            mix[MIX.get(op, "int/addr")] = mix.get(MIX.get(op, "int/addr"), 0) + 1
+        mix = collections.Counter(MIX.get(op, "int/addr") for _, _, op, _ in path)
         per_element = len(path) / spec["elements_per_thread"]
         budget = BUDGETS.get(spec["family"])
         rows.append({
@@ -228,7 +240,7 @@ def measure(so: str) -> list[dict]:
             "stack_bytes": res.get("STACK", 0), "shared_bytes": res["SHARED"], "ctas_per_sm": ctas,
             "ctas_limited_by": limiter, "instructions": len(path),
             "all_instructions": sum(op != "NOP" for _, _, op, _ in insns), "per_element": round(per_element, 3),
-            "budget": budget, "ok": budget is None or per_element <= budget, "mix": mix,
+            "budget": budget, "ok": budget is None or per_element <= budget, "mix": dict(mix.most_common()),
         })
     return rows
 
@@ -245,7 +257,7 @@ def print_table(rows: list[dict], show_mix: bool) -> None:
         print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
     if show_mix:
         for r in rows:
-            mix = ", ".join(f"{k} {v / r['elements_per_thread']:.2f}" for k, v in sorted(r["mix"].items(), key=lambda kv: -kv[1]))
+            mix = ", ".join(f"{k} {v / r['elements_per_thread']:.2f}" for k, v in r["mix"].items())
             print(f"{r['label']:<22} per element: {mix}")
 
 
@@ -258,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     so = args.so or find_extension()
     if not so or not Path(so).is_file():
-        raise SystemExit("sass_budget: deepseek_ext._C is not built (pass the .so path)")
+        fail("deepseek_ext._C is not built (pass the .so path)")
     rows = measure(so)
     print(f"SASS budget of {so}")
     print_table(rows, args.mix)

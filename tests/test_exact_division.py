@@ -1,5 +1,5 @@
-"""divide_by_scale (csrc/include/deepseek_ext/quant/scale_math.cuh: x * (1/s) with one FMA correction)
-against the kernels' true division: tests/cpp/exact_division.cpp compares the e4m3 bytes (PTX cvt model
+"""divide_by_group_scale (csrc/include/deepseek_ext/quant/scale_math.cuh: x * (1/s) with one FMA
+correction) against the true division of the numerics contract: tests/cpp/exact_division.cpp compares the e4m3 bytes (PTX cvt model
 of csrc/emu/fp8.cpp) on every bf16 x against >= 3,000 scales and on 10^8 random fp32 pairs, with
 |x| <= amax as inside a kernel group, and shows that the uncorrected x * (1/s) does mismatch."""
 from __future__ import annotations

@@ -361,6 +361,8 @@ def _fp8(*shape):
     (lambda: dx.quant.per_token_cast_to_fp8(torch.randn(4, 40)), ValueError, r"x.shape\[-1\] must be a multiple of 16, got 40"),
     (lambda: dx.quant.per_token_cast_to_fp8(torch.randn(256, 4).T), ValueError, "x must be contiguous along its last dim"),
     (lambda: dx.quant.per_token_cast_to_fp8(torch.randn(4, 302)[:, :16]), ValueError, "x's rows must start 16 bytes apart"),
+    # [B, 1, K]: the rows are the B batch entries, 20 elements (40 bytes) apart
+    (lambda: dx.quant.per_token_cast_to_fp8(torch.randn(100).bfloat16().as_strided((4, 1, 16), (20, 20, 1))), ValueError, "x's rows must start 16 bytes apart"),
     (lambda: dx.quant.per_token_cast_to_fp8(torch.randn(3, 4, 32).transpose(0, 1)), ValueError, "x's leading dims must be collapsible"),
     (lambda: dx.quant.per_token_cast_to_fp8(torch.randn(4, 260)[:, 2:258]), ValueError, "x must start at a 16-byte aligned address"),
     (lambda: dx.quant.per_block_cast_to_fp8(torch.randn(4, 40)), ValueError, r"w.shape\[-1\] must be a multiple of 16, got 40"),

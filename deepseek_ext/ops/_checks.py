@@ -49,7 +49,8 @@ def row_stride(t: torch.Tensor, name: str) -> int:
         if t.shape[i] > 1 and t.stride(i) != t.stride(i + 1) * t.shape[i + 1]:
             raise ValueError(f"{name}'s leading dims must be collapsible into rows, got shape "
                              f"{tuple(t.shape)} and strides {t.stride()}; call .contiguous() first")
-    if t.numel() and t.dim() >= 2 and t.shape[-2] > 1 and (ld * t.element_size()) % _ALIGN_BYTES:
+    rows = t.numel() // t.shape[-1] if t.shape[-1] else 0  # leading dims flattened: [B, 1, K] has B rows
+    if rows > 1 and (ld * t.element_size()) % _ALIGN_BYTES:
         raise ValueError(f"{name}'s rows must start 16 bytes apart, got row stride {ld} "
                          f"elements of {t.element_size()} bytes")
     return ld

@@ -19,7 +19,11 @@ def stream_handle(t: torch.Tensor) -> int:
 
 def call(name: str, *args, device: torch.device) -> None:
     """Runs launcher `name` of the module serving `device` (the CUDA extension, or the emulator
-    for CPU tensors); raises RuntimeError on a launch error."""
-    error = getattr(kernel_module(device), name)(*args)
+    for CPU tensors) with `device` current; raises RuntimeError on a launch error."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):  # the launch goes to the current device, the stream to the tensor's
+            error = getattr(kernel_module(device), name)(*args)
+    else:
+        error = getattr(kernel_module(device), name)(*args)
     if error:
         raise RuntimeError(f"deepseek_ext kernel {name} failed: {error}")

@@ -1,8 +1,8 @@
-// Checks that divide_by_scale (csrc/include/deepseek_ext/quant/scale_math.cuh: x * (1/s) plus one
-// FMA correction) quantizes to the same e4m3 bytes as the kernels' true division x / s, on the
-// kernels' domain: s = scale_from_amax(amax, pow2) and |x| <= amax (a group's amax bounds its
-// elements; NaN amax or Inf amax make s NaN/Inf, which take the true division). The reference is
-// the current path, e4m3_satfinite(scale_and_clamp(x, s)); the e4m3 cast is the PTX model of
+// Checks that divide_by_group_scale (csrc/include/deepseek_ext/quant/scale_math.cuh: x * (1/s) plus
+// one FMA correction) quantizes to the same e4m3 bytes as the true division x / s, on the kernels'
+// domain: s = scale_from_amax(amax, pow2) and |x| <= amax (a group's amax bounds its elements;
+// NaN or Inf amax make s NaN/Inf, which take the plain x * (1/s)). The reference is the numerics
+// contract's e4m3_satfinite(scale_and_clamp(x, s)); the e4m3 cast is the PTX model of
 // csrc/emu/fp8.cpp. Covers every bf16 x against a sweep of scales and 10^8 random fp32 pairs, and
 // shows the test can fail: the uncorrected x * (1/s) does mismatch.
 #include <algorithm>
@@ -38,7 +38,7 @@ float from_bits(uint32_t u) {
   return f;
 }
 
-// The caller's side of the contract: r once per group, the true division where the predicate fails.
+// A group's scale as the kernels make it (r once per group), with its amax for the domain rule.
 struct Scale {
   float s, r;
   bool fast;
@@ -46,10 +46,10 @@ struct Scale {
   bool pow2;
 };
 Scale make_scale(float amax, bool pow2) {
-  const float s = dx::scale_from_amax(amax, pow2);
-  return {s, 1.0f / s, dx::reciprocal_is_exact_enough(s), amax, pow2};
+  const dx::GroupScale g = dx::group_scale(amax, pow2);
+  return {g.s, g.r, g.by_reciprocal, amax, pow2};
 }
-float divide_new(float x, const Scale& c) { return c.fast ? dx::divide_by_scale(x, c.s, c.r) : x / c.s; }
+float divide_new(float x, const Scale& c) { return dx::divide_by_group_scale(x, dx::GroupScale{c.s, c.r, c.fast}); }
 
 // |x| <= amax, NaN x included (a NaN element makes its group's amax NaN, but the rule is applied
 // per pair here, so NaN x is tried against every scale).
@@ -63,7 +63,7 @@ struct Mismatch {
 
 struct Counts {
   uint64_t pairs = 0;           // in-domain pairs checked
-  uint64_t fast_pairs = 0;      // of which took divide_by_scale (the rest: true-division fallback)
+  uint64_t fast_pairs = 0;      // of which took divide_by_scale (the rest: NaN/Inf scales, x * (1/s))
   uint64_t corrected_bad = 0;   // e4m3(divide_new) != reference
   uint64_t clamp_bad = 0;       // e4m3(clamp(x/s)) != e4m3(x/s)
   uint64_t naive_bad = 0;       // e4m3(x * (1/s)) != reference (expected > 0)

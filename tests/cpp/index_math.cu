@@ -48,9 +48,6 @@ int main() {
     } else if (op == "scale_and_clamp") {
       in >> std::hex >> a >> b;
       answer_float(dx::scale_and_clamp(from_bits(a), from_bits(b)));
-    } else if (op == "nan_max") {
-      in >> std::hex >> a >> b;
-      answer_float(dx::nan_max(from_bits(a), from_bits(b)));
     } else if (op == "quotient") {
       in >> v[0] >> v[1];
       answer(dx::quotient(v[0], v[1]));

@@ -59,9 +59,9 @@ __global__ void __launch_bounds__(kTileThreads, 3) cast_with_transpose_kernel(
         tile_smem + tile_byte_offset(row_in_tile, chunk * kChunkBytes, Shape::kRowBytes));
     float v[Shape::kVec];
     unpack_to_float(x, staged, v);
-    const float scale = scale_from_amax(lanes_abs_max<Shape::kChunks>(abs_max(v, 0.0f)), pow2_scale);
-    if (row < rows && col < cols) quantize_store(q + row * cols + col, v, scale);
-    if (chunk == 0 && row < rows) s[m_major_scale_offset(row, tile.col, rows, s_padded_rows, col_groups)] = scale;
+    const GroupScale g = group_scale(lanes_abs_max<Shape::kChunks>(abs_max(v, 0.0f)), pow2_scale);
+    if (row < rows && col < cols) quantize_store(q + row * cols + col, v, g);
+    if (chunk == 0 && row < rows) s[m_major_scale_offset(row, tile.col, rows, s_padded_rows, col_groups)] = g.s;
   }
   __syncthreads();
 
@@ -85,9 +85,9 @@ __global__ void __launch_bounds__(kTileThreads, 3) cast_with_transpose_kernel(
 #pragma unroll
     for (int p = 0; p < Pack::kCols; ++p) {
       const int64_t col = col0 + pack * Pack::kCols + p;
-      const float scale = scale_from_amax(lanes_abs_max<kColumnLanes>(abs_max(c[p], 0.0f)), pow2_scale);
-      if (col < cols && row < rows) quantize_store(qt + col * rows + row, c[p], scale);
-      if (r0 == 0 && col < cols) st[m_major_scale_offset(col, tile.row, cols, st_padded_rows, row_groups)] = scale;
+      const GroupScale g = group_scale(lanes_abs_max<kColumnLanes>(abs_max(c[p], 0.0f)), pow2_scale);
+      if (col < cols && row < rows) quantize_store(qt + col * rows + row, c[p], g);
+      if (r0 == 0 && col < cols) st[m_major_scale_offset(col, tile.row, cols, st_padded_rows, row_groups)] = g.s;
     }
   }
 }

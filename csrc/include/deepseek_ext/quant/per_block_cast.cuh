@@ -34,8 +34,8 @@ __global__ void __launch_bounds__(kTileThreads, kTileMinBlocks<T>) per_block_cas
   if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
   __syncthreads();
 #pragma unroll
-  for (int w = 0; w < kTileThreads / 32; ++w) amax = nan_max(amax, warp_amax[w]);
-  const float scale = scale_from_amax(amax, pow2_scale);
+  for (int w = 0; w < kTileThreads / 32; ++w) amax = ptx::max_nan(amax, warp_amax[w]);
+  const GroupScale g = group_scale(amax, pow2_scale);
 
   const int64_t col = col0 + tile_load_chunk(threadIdx.x, Shape::kChunks) * Shape::kVec;
 #pragma unroll
@@ -43,9 +43,9 @@ __global__ void __launch_bounds__(kTileThreads, kTileMinBlocks<T>) per_block_cas
     const int64_t in_tile = tile.row * kTile + tile_load_row(threadIdx.x, u, Shape::kChunks);
     float v[Shape::kVec];
     unpack_to_float(x, raw[u], v);
-    if (in_tile < rows_per_batch && col < cols) quantize_store(q + (batch_row0 + in_tile) * cols + col, v, scale);
+    if (in_tile < rows_per_batch && col < cols) quantize_store(q + (batch_row0 + in_tile) * cols + col, v, g);
   }
-  if (threadIdx.x == 0) s[blockIdx.x] = scale;
+  if (threadIdx.x == 0) s[blockIdx.x] = g.s;
 }
 
 }  // namespace dx

@@ -8,9 +8,6 @@
 
 namespace dx {
 
-// max() that propagates NaN from either side (fmaxf drops it, which would hide poisoned groups).
-DX_HOST_DEVICE float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
-
 // Smallest power of two >= s for finite positive s (subnormals included); NaN and Inf pass
 // through unchanged.
 DX_HOST_DEVICE float round_up_pow2(float s) {
@@ -38,7 +35,8 @@ DX_HOST_DEVICE float scale_from_amax(float amax, bool pow2_scale) {
   return pow2_scale ? round_up_pow2(s) : s;
 }
 
-// x / s clamped to the e4m3 range; NaN survives the clamp so the cast yields NaN.
+// x / s clamped to the e4m3 range; NaN survives the clamp so the cast yields NaN. The contract's
+// formula (the kernels leave the clamp to cvt.rn.satfinite: tests/cpp/exact_division.cpp).
 DX_HOST_DEVICE float scale_and_clamp(float x, float s) {
   const float v = x / s;
   return v > kFp8E4m3Max ? kFp8E4m3Max : (v < -kFp8E4m3Max ? -kFp8E4m3Max : v);
@@ -61,6 +59,23 @@ DX_HOST_DEVICE float divide_by_scale(float x, float s, float r) {
   const float e = fmaf(-q0, s, x);  // residual x - q0*s: exact (q0 ~ x/s) unless |x| < ~2^-100, e4m3 0 there
   const float q = fmaf(e, r, q0);   // Markstein correction: RN(q0 + e*r) == RN(x/s)
   return copysignf(q, x);           // x = -0 gives +0 above (-0 + +0 = +0); x/s has the sign of x
+}
+
+// A group's scale s = amax / 448 and its reciprocal (one true division per group).
+struct GroupScale {
+  float s, r;
+  bool by_reciprocal;  // reciprocal_is_exact_enough(s): false only for the NaN/Inf scales of poisoned groups
+};
+
+DX_HOST_DEVICE GroupScale group_scale(float amax, bool pow2_scale) {
+  const float s = scale_from_amax(amax, pow2_scale);
+  return {s, 1.0f / s, reciprocal_is_exact_enough(s)};
+}
+
+// x / g.s with no division (tests/cpp/exact_division.cpp checks every case against x / s): the
+// corrected product, or for NaN/Inf scales x * (1/s), which is what x / s gives there (NaN, +-0).
+DX_HOST_DEVICE float divide_by_group_scale(float x, const GroupScale& g) {
+  return g.by_reciprocal ? divide_by_scale(x, g.s, g.r) : x * g.r;
 }
 
 // a / b for a >= 0, b > 0: 32-bit division when both fit (a 64-bit division costs the GPU
