@@ -16,21 +16,24 @@ The counting rule (instructions per element):
   the count is what one thread issues for its elements. The per-thread prologue (index math,
   bounds) and epilogue are kept: they are paid for those elements, and a kernel that needs fewer
   of them per element is cheaper. (Only a loop body would count once, e.g. round_up_pow2's
-  subnormal loop, which a scale >= 1e-4/448 never enters.)
+  subnormal loop, which a scale >= 1e-4/448 never enters.) The persistent per-block cast and cast
+  with transpose loop over tiles: a tile loop's body counts once with the one-time setup, i.e. one
+  tile's work (cast with transpose: staging a tile, issuing the next tile's loads, both passes).
 - Excluded: code normal inputs never run. ptxas puts these slow paths out of line as
   subroutines reached by CALL: the IEEE fp32 division slow path (taken only when FCHK flags a
   denormal, huge or special operand) and the 64-bit integer division (only when an index passes
   2^32). A basic block that ends in a CALL (argument set-up + CALL) is dropped with all that only
   it reaches (the moves back after the return), and so is the subroutine. The FCHK and the branch
   around each call run every time and are counted.
-- Longest path, not all code: ptxas duplicates code behind runtime conditions (cast with
-  transpose has its whole row pass twice, once per value of pow2_scale), and an if/else runs
-  one side. The longest side is taken (pow2_scale on, every bounds check passed), so the count
-  is an upper bound of what an interior thread issues. Column "(all)" is the kernel's whole code.
+- Longest path, not all code: ptxas may duplicate code behind runtime conditions (a whole pass
+  once per value of pow2_scale), and an if/else runs one side. The longest side is taken
+  (pow2_scale on, every bounds check passed), so the count is an upper bound of what an interior
+  thread issues. Column "(all)" is the kernel's whole code.
 - Output elements: quantized values written (the scales are ignored: one per 128 elements). From
-  the source constants: per-token and SwiGLU kTokenSteps x 16/sizeof(T) (SwiGLU reads twice that),
+  the source constants: per-token and SwiGLU token_steps<Loader>() x kTokenLaneElems, i.e.
+  kTokenLaneBytes / sizeof(T) (SwiGLU reads g and u: half that),
   per-block and FP8 transpose one 128x128 tile / kTileThreads = 64, cast with transpose 2 x 64
-  (q and qt both count), dequantize kDequantVec = 16.
+  (q and qt both count), dequantize kDequantLoads x 16/sizeof(Out) (one 16-byte store per load).
 
 Occupancy: 65536 registers in 4 sub-partitions, allocated per warp in units of 256; 228 KB of
 shared memory per SM, 227 KB per CTA, 128-byte granules, plus the 1 KB the driver reserves per
@@ -165,20 +168,24 @@ def kernel_specs() -> list[dict]:
     """(label, budget family, mangled-name fragment, threads, dynamic smem, elements per thread)."""
     group = source_constant("csrc/include/deepseek_ext/common.cuh", "kQuantGroup")
     tile_threads = source_constant("csrc/include/deepseek_ext/quant/tile.cuh", "kTileThreads")
-    steps = source_constant("csrc/include/deepseek_ext/quant/per_token_cast.cuh", "kTokenSteps")
-    dq_vec = source_constant("csrc/include/deepseek_ext/quant/dequantize.cuh", "kDequantVec")
-    dq_threads = source_constant("csrc/launch/quant.cu", "kThreads")
+    token_lanes = source_constant("csrc/include/deepseek_ext/quant/per_token_cast.cuh", "kTokenGroupLanes")
+    token_bytes = source_constant("csrc/include/deepseek_ext/quant/per_token_cast.cuh", "kTokenLaneBytes")
+    lane_elems = group // token_lanes  # kTokenLaneElems: a lane's share of one group
+    dq_loads = source_constant("csrc/include/deepseek_ext/quant/dequantize.cuh", "kDequantLoads")
+    dq_threads = source_constant("csrc/include/deepseek_ext/quant/dequantize.cuh", "kDequantThreads")
     tile = group * group // tile_threads  # elements of one 128x128 tile per thread
     specs = []
     for t, size, m in (("bf16", 2, "I13__nv_bfloat16E"), ("fp32", 4, "IfE")):
-        vec = 16 // size  # Vec16<T>::kElems: one 16-byte load
+        def token(reads):  # token_steps<Loader>() groups of lane_elems: kTokenLaneBytes of input per pass
+            return token_bytes // (lane_elems * size * reads) * lane_elems
         specs += [
-            (f"per_token<{t}>", "per_token", f"per_token_cast_to_fp8_kernelINS_9RowLoader{m}", tile_threads, 0, steps * vec),
-            (f"swiglu<{t}>", "swiglu", f"per_token_cast_to_fp8_kernelINS_12SwigluLoader{m}", tile_threads, 0, steps * vec),
-            (f"per_block<{t}>", "per_block", f"per_block_cast_to_fp8_kernel{m}", tile_threads, 0, tile),
+            (f"per_token<{t}>", "per_token", f"per_token_cast_to_fp8_kernelINS_9RowLoader{m}", tile_threads, 0, token(1)),
+            (f"swiglu<{t}>", "swiglu", f"per_token_cast_to_fp8_kernelINS_12SwigluLoader{m}", tile_threads, 0, token(2)),
+            (f"per_block<{t}>", "per_block", f"per_block_cast_to_fp8_kernel{m}", tile_threads,
+             group * group * (size + 1) + tile_threads // 32 * 4 + 8 + 128, tile),  # BlockCastSmem<T>::kRequest
             (f"with_transpose<{t}>", "with_transpose", f"cast_with_transpose_kernel{m}", tile_threads,
              group * group * size, 2 * tile),  # a staged tile (cast_with_transpose_smem_bytes); q and qt
-            (f"dequantize<{t}>", "dequantize", f"dequantize_kernel{m}", dq_threads, 0, dq_vec),
+            (f"dequantize<{t}>", "dequantize", f"dequantize_kernel{m}", dq_threads, 0, dq_loads * (16 // size)),
         ]
     specs.append(("transpose_block_fp8", None, "transpose_block_fp8_kernel", tile_threads, 0, tile))
     keys = ("label", "family", "fragment", "threads", "dynamic_smem", "elements_per_thread")

@@ -30,6 +30,9 @@ class Mutation:
 
 GEMM = ("tests/test_gemm_gpu.py", "-k", "emulate")
 EP_LOOPBACK = ("tests/test_ep_gpu.py", "-k", "emulate and loopback")
+CAST_TRANSPOSE = ("tests/test_quant_gpu.py", "-k", "emulate and cast_with_transpose")
+PER_BLOCK = ("tests/test_quant_gpu.py", "-k", "emulate and per_block")
+DEQUANTIZE = ("tests/test_quant_gpu.py", "-k", "emulate and dequantize")
 
 MUTATIONS = (
     Mutation("wrong SBO", "gemm/smem_desc.cuh", "(static_cast<uint64_t>(kSwizzleAtomBytes >> 4) << 32)",
@@ -53,6 +56,23 @@ MUTATIONS = (
              "    __threadfence_system();  // this block's writes (local and to peers) before its arrival\n"
              "    ptx::red_add_release_gpu(c.grid_arrivals, 1);",
              "    atomicAdd(reinterpret_cast<unsigned long long*>(c.grid_arrivals), 1ull);", EP_LOOPBACK),
+    Mutation("stale chunks in a row amax", "quant/cast_with_transpose.cuh",
+             "if (2 * Shape::kPieceElems * p + Shape::kPieceElems * rt.half < cols_left) amax.add(piece);",
+             "amax.add(piece);", CAST_TRANSPOSE),
+    Mutation("stale rows in a column amax", "quant/cast_with_transpose.cuh",
+             "if (Shape::kRunRows * (ct.quarter + 4 * run) < rows_left) amax.add(part);", "amax.add(part);",
+             CAST_TRANSPOSE),
+    Mutation("next tile staged before the last one is read", "quant/cast_with_transpose.cuh",
+             "    if (staged) __syncthreads();  // every thread", "    if (false) __syncthreads();  // every thread",
+             CAST_TRANSPOSE),
+    Mutation("per-block q tile stored without fence.proxy.async", "quant/per_block_cast.cuh",
+             "    ptx::fence_proxy_async_shared();  // the TMA store reads what this thread wrote\n", "", PER_BLOCK),
+    Mutation("per-block landing parity never flips", "quant/per_block_cast.cuh",
+             "tile += gridDim.x, parity ^= 1)", "tile += gridDim.x)", PER_BLOCK),
+    Mutation("dequantize half-warps share one scale column", "quant/dequantize.cuh",
+             "j * kSpanGroups + lane / (32 / kSpanGroups)", "j * kSpanGroups", DEQUANTIZE),
+    Mutation("dequantize stores past the row", "quant/dequantize.cuh",
+             "    if (cols_left > j * Shape::kSpan) store16(", "    store16(", DEQUANTIZE),
 )
 
 

@@ -43,6 +43,10 @@ rows, row_scales, m_indices, inverse_map = dx.gemm.permute_to_grouped(q, s, idx,
 w, ws = dx.quant.per_block_cast_to_fp8(torch.randn(5, 144, 272, device="cuda"))
 y = dx.gemm.m_grouped_fp8_gemm_nt_contiguous(rows, row_scales, w, ws, m_indices)
 dx.gemm.unpermute_from_grouped(y, inverse_map, torch.rand(200, 3, device="cuda"))
+# The layout kernels over several 1024-pair chunks: 256 experts, and 2000 (shared memory above 48 KB).
+for tokens, experts in ((1500, 256), (300, 2000)):
+    dx.gemm.permute_to_grouped(torch.randn(tokens, 64, device="cuda").bfloat16(), None,
+                               torch.randint(-1, experts, (tokens, 8), device="cuda"), experts, 4)
 a, sa = dx.quant.per_token_cast_to_fp8(torch.randn(5, 200, 272, device="cuda"))
 dx.gemm.m_grouped_fp8_gemm_nt_masked(a, sa, w, ws, torch.tensor([0, 200, 1, 130, 64], device="cuda").int(), 64)
 _, _, ga, gsa = dx.quant.per_token_cast_to_fp8_with_transpose(torch.randn(512, 144, device="cuda"))

@@ -173,19 +173,6 @@ def test_tile_coord_row_major_over_batches(ask):
     assert got == [(b, r, c) for b in range(2) for r in range(tile_rows) for c in range(tile_cols)]
 
 
-@pytest.mark.parametrize("lanes", (16, 32))
-def test_token_groups_cover_each_group_once_in_whole_warps(ask, lanes):
-    steps, blocks = 4, 3
-    queries = [f"token_group_index {b} {s} {t} {lanes} {steps}" for b in range(blocks) for s in range(steps)
-               for t in range(THREADS)]
-    got = [int(v) for v in ask(queries)]
-    per_group = Counter(got)
-    assert sorted(per_group) == list(range(blocks * steps * THREADS // lanes))
-    assert set(per_group.values()) == {lanes}
-    for start in range(0, len(got), lanes):  # a group's lanes are adjacent threads of one warp
-        assert len(set(got[start:start + lanes])) == 1 and (start % THREADS) % WARP + lanes <= WARP
-
-
 def test_struct_round_trip_helper():
     """bits()/as_floats() themselves: a known pattern survives the trip."""
     assert bits(torch.tensor([1.0, -2.0])) == ["3f800000", "c0000000"]

@@ -7,6 +7,7 @@ import torch
 
 import deepseek_ext as dx
 from conftest import emulation_too_large
+from deepseek_ext._backend import kernel_module
 from deepseek_ext.reference import ep
 from deepseek_ext.reference import permute as ref
 from deepseek_ext.reference.quant import GROUP, ceil_div
@@ -226,13 +227,7 @@ def test_compile_fullgraph_matches_eager():
 GPU_ROUTINGS = [(4096, 64, 8, 0.0), (1000, 9, 3, 0.3), (1, 4, 2, 0.0), (300, 3, 1, 0.0), (64, 16, 4, 1.0)]
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("tokens, num_experts, topk, empty", GPU_ROUTINGS)
-@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-@pytest.mark.parametrize("alignment", [1, 128])
-def test_gpu_permute_bitwise(kernel_device, tokens, num_experts, topk, empty, fp8, alignment):
-    hidden = 7168 if tokens > 1000 else 272
-    emulation_too_large(kernel_device, tokens * topk * hidden)  # work: elements of the routed rows copied
+def assert_permute_bitwise(kernel_device, tokens, num_experts, topk, empty, hidden, fp8, alignment):
     idx = routing(tokens, num_experts, topk, empty, device=kernel_device)
     x = torch.randn(tokens, hidden, device=kernel_device).bfloat16()
     q, s = dx.quant.per_token_cast_to_fp8(x) if fp8 else (x, None)
@@ -247,6 +242,38 @@ def test_gpu_permute_bitwise(kernel_device, tokens, num_experts, topk, empty, fp
         if g.dtype == torch.float8_e4m3fn:
             g, w = g.view(torch.uint8), w.view(torch.uint8)
         assert torch.equal(g, w)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens, num_experts, topk, empty", GPU_ROUTINGS)
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("alignment", [1, 128])
+def test_gpu_permute_bitwise(kernel_device, tokens, num_experts, topk, empty, fp8, alignment):
+    hidden = 7168 if tokens > 1000 else 272
+    emulation_too_large(kernel_device, tokens * topk * hidden)  # work: elements of the routed rows copied
+    assert_permute_bitwise(kernel_device, tokens, num_experts, topk, empty, hidden, fp8, alignment)
+
+
+# The layout kernels count and place pairs in chunks of PERMUTE_CHUNK_PAIRS (1024) pairs.
+LAYOUT_CASES = {
+    "256 experts top-8, 3 chunks": (300, 256, 8, 0.1, 16, False, 128),
+    "256 experts top-8, no padding": (300, 256, 8, 0.1, 16, False, 1),
+    "2 experts, 5 chunks of repeats": (2500, 2, 2, 0.5, 16, False, 3),
+    "one pair past a chunk, 10 scale columns": (1025, 4, 1, 0.0, 1168, True, 4),
+    "2000 experts, counters above 48 KB": (700, 2000, 4, 0.2, 16, False, 4),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", LAYOUT_CASES)
+def test_gpu_permute_layout_chunks_and_many_experts(kernel_device, case):
+    assert_permute_bitwise(kernel_device, *LAYOUT_CASES[case])
+
+
+@pytest.mark.gpu
+def test_gpu_permute_beyond_kernel_experts_matches_reference(kernel_device):
+    num_experts = kernel_module(torch.device(kernel_device)).PERMUTE_MAX_EXPERTS + 1
+    assert_permute_bitwise(kernel_device, 50, num_experts, 2, 0.1, 16, False, 1)
 
 
 @pytest.mark.gpu

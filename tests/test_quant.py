@@ -456,7 +456,7 @@ def test_compile_fullgraph_matches_eager(name):
 def test_kernel_path_passes_what_the_bindings_declare(monkeypatch):
     calls = {}
     monkeypatch.setattr(ops_quant, "uses_kernels", lambda t: True)
-    monkeypatch.setattr(_launch, "call", lambda name, *args: calls.setdefault(name, args))
+    monkeypatch.setattr(_launch, "call", lambda name, *args, device: calls.setdefault(name, args))
     monkeypatch.setattr(_launch, "stream_handle", lambda t: 0)
     x = torch.randn(2, 48, 272)
     dx.quant.per_token_cast_to_fp8(x)

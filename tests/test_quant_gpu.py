@@ -76,6 +76,38 @@ def test_per_token_cast_row_strided_input(kernel_device):
     assert_outputs_equal(dx.quant.per_token_cast_to_fp8(x), ref.per_token_cast_to_fp8(x))
 
 
+# Edges of the per-token mapping (csrc/include/deepseek_ext/quant/per_token_cast.cuh): slots of 8
+# lanes hold 4 bf16 / 2 fp32 groups (SwiGLU: half), 2^k slots make a row's pass (32 >> k rows per
+# CTA), gridDim.y passes cover a row (16384 / 8192 / 4096 columns).
+TOKEN_MAPPING_SHAPES = (
+    (37, 256),      # 1 or 2 slots per row: 32 or 16 rows per CTA, the last CTA mostly past the end
+    (45, 1040),     # 9 groups, the last partial: slots partly or wholly past the row's end
+    (3, 37, 400),   # batches of 37 rows across CTAs of 32, 16 or 8 rows
+    (2, 5, 2064),   # 17 groups: 8 to 32 slots per row (4 to 1 rows per CTA), batches of 5 rows
+    (3, 16784),     # 132 groups: 2 to 5 passes, the last one partial
+    (2, 3, 33296),  # 261 groups: 3 to 9 passes, batches of 3 rows
+)
+
+
+@pytest.mark.parametrize("shape", TOKEN_MAPPING_SHAPES)
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))
+@pytest.mark.parametrize("pow2", (False, True))
+def test_per_token_and_swiglu_mapping_edges(kernel_device, shape, dtype, pow2):
+    emulation_too_large(kernel_device, 2 * math.prod(shape))
+    rows = math.prod(shape[:-1])
+    x = random_input(shape, dtype, kernel_device, nan_row=rows // 2, inf_row=rows - 1)
+    assert_outputs_equal(dx.quant.per_token_cast_to_fp8(x, pow2), ref.per_token_cast_to_fp8(x, pow2))
+    gate_up = (torch.randn((*shape[:-1], 2 * shape[-1]), device=kernel_device) * 4).to(dtype)
+    gate_up.view(rows, -1)[rows // 2, shape[-1] - 1] = float("nan")  # g of the last column
+    gate_up.view(rows, -1)[rows - 1, -1] = float("inf")  # u of the last column
+    assert_outputs_equal(dx.quant.swiglu_cast_to_fp8(gate_up, pow2), ref.swiglu_cast_to_fp8(gate_up, pow2))
+
+
+def test_swiglu_cast_row_strided_input(kernel_device):
+    gate_up = (torch.randn((45, 2 * 400 + 64), device=kernel_device) * 4).to(torch.bfloat16)[:, 32:832]
+    assert_outputs_equal(dx.quant.swiglu_cast_to_fp8(gate_up), ref.swiglu_cast_to_fp8(gate_up))
+
+
 @pytest.mark.parametrize("shape", ((1, 16), (200, 272), (130, 128), (3, 300, 400), (4096, 7168), (7168, 7168)))
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))
 @pytest.mark.parametrize("pow2", (False, True))
@@ -83,6 +115,26 @@ def test_per_block_cast_bitwise(kernel_device, shape, dtype, pow2):
     emulation_too_large(kernel_device, math.prod(shape))
     w = random_input(shape, dtype, kernel_device, nan_row=min(5, shape[-2] - 1))
     assert_outputs_equal(dx.quant.per_block_cast_to_fp8(w, pow2), ref.per_block_cast_to_fp8(w, pow2))
+
+
+# Edges of the persistent per-block cast (csrc/include/deepseek_ext/quant/per_block_cast.cuh): CTA b
+# takes tiles b, b + grid, ... with grid = SMs x 4 (bf16) or x 2 (fp32), 528 / 264 on the emulated
+# H200, so 1100 tiles make CTAs loop 2-5 times (the landing buffer's mbarrier parity wraps); batches
+# of one row (strides of size-1 dims), partial tiles at the end of every batch, tile rows that do not
+# divide the batch.
+@pytest.mark.parametrize("shape", ((1100, 16, 16), (700, 1, 144), (300, 40, 144), (5, 130, 272)))
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))
+@pytest.mark.parametrize("pow2", (False, True))
+def test_per_block_cast_persistent_edges(kernel_device, shape, dtype, pow2):
+    rows = math.prod(shape[:-1])
+    w = random_input(shape, dtype, kernel_device, nan_row=rows // 3, inf_row=rows - 1)
+    assert_outputs_equal(dx.quant.per_block_cast_to_fp8(w, pow2), ref.per_block_cast_to_fp8(w, pow2))
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))
+def test_per_block_cast_row_strided_batched_input(kernel_device, dtype):
+    w = random_input((3, 300, 1024), dtype, kernel_device, nan_row=400)[:, :, 256:784]
+    assert_outputs_equal(dx.quant.per_block_cast_to_fp8(w), ref.per_block_cast_to_fp8(w))
 
 
 @pytest.mark.parametrize("shape", ((16, 16), (144, 272), (48, 400), (4096, 7168), (16384, 7168)))
@@ -100,6 +152,29 @@ def test_cast_with_transpose_row_strided_input(kernel_device):
     x = random_input((144, 1024), torch.bfloat16, kernel_device)[:, 128:400]
     assert_outputs_equal(dx.quant.per_token_cast_to_fp8_with_transpose(x),
                          ref.per_token_cast_to_fp8_with_transpose(x))
+
+
+# The persistent walk of the cast with transpose (csrc/include/deepseek_ext/quant/cast_with_transpose.cuh):
+# 6800 x 528 is 54 x 5 tiles, the last tile row (16 rows) and column (16 columns) partial, on
+# 132 SMs x 2 = 264 CTAs (an H200, and the emulator). CTAs 0-5 take a second tile, three of them
+# with the column wrapping to the next tile row; those tiles are partial, and their loads skip the
+# out-of-bounds chunks, whose registers still hold the CTA's first tile: a NaN and an Inf planted
+# there (in bounds in the first tile) must not reach the second tile's groups.
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))
+@pytest.mark.parametrize("pow2", (False, True))
+@pytest.mark.parametrize("row_strided", (False, True))
+def test_cast_with_transpose_persistent_walk(kernel_device, dtype, pow2, row_strided):
+    shape = (6800, 528)
+    emulation_too_large(kernel_device, math.prod(shape))
+    full = random_input((shape[0], 1024) if row_strided else shape, dtype, kernel_device, nan_row=6790, inf_row=6701)
+    x = full[:, 256:256 + shape[1]] if row_strided else full
+    x[20, 200] = float("nan")  # CTA 1: tile (0, 1); row 20 of tile (53, 0) is out of bounds
+    x[5, 100] = float("inf")  # CTA 0: tile (0, 0); column 100 of tile (52, 4) is out of bounds
+    x[6700, 520] = float("nan")  # in bounds in partial tile (52, 4)
+    got = dx.quant.per_token_cast_to_fp8_with_transpose(x, pow2)
+    expected = ref.per_token_cast_to_fp8_with_transpose(x, pow2)
+    assert_outputs_equal(got, expected)
+    assert not got[3][:128, 53].isnan().any() and not got[1][6656 + 5, 4].isinf()  # the planted values stayed out
 
 
 @pytest.mark.parametrize("shape", ((16, 16), (272, 144), (2, 400, 144), (7168, 7168)))
@@ -131,6 +206,34 @@ def test_dequantize_bitwise(kernel_device, per_block, out_dtype, shape):
     expected = ref.dequantize(q, s, block, out_dtype)
     assert got.dtype == out_dtype
     torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def strided_copies(s: torch.Tensor) -> list[torch.Tensor]:
+    """s, and the same values at other strides: column-major storage, and a window of a wider tensor."""
+    column_major = s.transpose(-1, -2).contiguous().transpose(-1, -2)
+    wide = torch.full((*s.shape[:-1], s.shape[-1] + 3), float("nan"), device=s.device)
+    wide[..., 1:-2] = s
+    return [s, column_major, wide[..., 1:-2]]
+
+
+# Edges of the dequantize mapping (csrc/include/deepseek_ext/quant/dequantize.cuh): a warp per row,
+# 4 spans of 32 lanes x 16 output bytes (128 fp32 / 256 bf16 columns) per CTA column block; rows
+# narrower than a span, several column blocks with a partial last span, batches of rows that are not
+# a multiple of 128, and scales at any strides. Compared bitwise (the sign of zero included).
+@pytest.mark.parametrize("per_block", (False, True))
+@pytest.mark.parametrize("out_dtype", (torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("shape", ((5, 16), (2, 130, 48), (37, 1040), (3, 129, 2320)))
+def test_dequantize_mapping_edges(kernel_device, per_block, out_dtype, shape):
+    x = random_input(shape, torch.bfloat16, kernel_device, nan_row=1, inf_row=3)
+    q, s = (ref.per_block_cast_to_fp8 if per_block else ref.per_token_cast_to_fp8)(x)
+    block = (128, 128) if per_block else (1, 128)
+    for scales in strided_copies(s):
+        got = dx.quant.dequantize(q, scales, block, out_dtype)
+        expected = ref.dequantize(q, scales, block, out_dtype)
+        nan = expected.isnan()
+        assert torch.equal(got.isnan(), nan)
+        bits = torch.int32 if out_dtype == torch.float32 else torch.int16
+        assert torch.equal(got[~nan].view(bits), expected[~nan].view(bits))
 
 
 def test_empty_inputs_launch_nothing(kernel_device):

@@ -5,21 +5,23 @@
 namespace dx::bind {
 
 void register_permute(pybind11::module_& m) {
+  m.attr("PERMUTE_CHUNK_PAIRS") = permute::kLayoutChunkPairs;
+  m.attr("PERMUTE_MAX_EXPERTS") = permute::kLayoutMaxExperts;
   m.def(
       "count_experts",
-      [](uintptr_t topk_idx, int64_t pairs, int num_experts, uintptr_t counts, uintptr_t inverse_map,
-         uintptr_t stream) {
+      [](uintptr_t topk_idx, int64_t pairs, int num_experts, uintptr_t counts, uintptr_t chunk_counts,
+         uintptr_t inverse_map, uintptr_t stream) {
         return error_string(launch_count_experts(ptr<const int64_t>(topk_idx), pairs, num_experts, ptr<int>(counts),
-                                                 ptr<int>(inverse_map), stream_of(stream)));
+                                                 ptr<int>(chunk_counts), ptr<int>(inverse_map), stream_of(stream)));
       },
       release_gil());
   m.def(
       "grouped_layout",
-      [](uintptr_t topk_idx, int64_t pairs, int topk, uintptr_t counts, int num_experts, int alignment,
-         uintptr_t row_token, uintptr_t m_indices, uintptr_t inverse_map, uintptr_t stream) {
+      [](uintptr_t topk_idx, int64_t pairs, int topk, uintptr_t counts, uintptr_t chunk_counts, int num_experts,
+         int alignment, uintptr_t row_token, uintptr_t m_indices, uintptr_t inverse_map, uintptr_t stream) {
         return error_string(launch_grouped_layout(ptr<const int64_t>(topk_idx), pairs, topk, ptr<const int>(counts),
-                                                  num_experts, alignment, ptr<int>(row_token), ptr<int>(m_indices),
-                                                  ptr<int>(inverse_map), stream_of(stream)));
+                                                  ptr<int>(chunk_counts), num_experts, alignment, ptr<int>(row_token),
+                                                  ptr<int>(m_indices), ptr<int>(inverse_map), stream_of(stream)));
       },
       release_gil());
   m.def(

@@ -93,6 +93,7 @@ struct TmaOp {
   uint32_t smem, bar;
   uint64_t id;
   Site site;
+  std::vector<uint8_t> source;  // a store: the shared bytes it read, which must stay until it completes
 };
 
 std::vector<TmaOp>& tma_queue() {
@@ -178,8 +179,8 @@ void retire(Block& b, WarpgroupState& wg, int end, Site site) {
     bool chained = false;
     for (size_t j = i + 1; j < wg.ops.size(); ++j) chained = chained || wg.ops[j].chained_from == i;
     WgmmaOp& op = wg.ops[i];
-    if (chained || op.output.empty() || op.computed) continue;
-    op.computed = true;
+    if (chained || op.output.empty() || op.written_back) continue;
+    op.written_back = true;
     for (int t = 0; t < kWarpgroupThreads; ++t) {
       for (int r = 0; r < op.n / 2; ++r) {
         int row, col;
@@ -196,9 +197,14 @@ void retire(Block& b, WarpgroupState& wg, int end, Site site) {
 
 // A TMA store reads through the async proxy: its source must hold what the threads wrote, i.e.
 // they fenced (fence.proxy.async) after writing it.
+uint32_t box_bytes(const TensorMap& m) {
+  uint32_t bytes = m.elem_bytes;
+  for (int i = 0; i < m.rank; ++i) bytes *= m.box[i];
+  return bytes;
+}
+
 void check_published(Block& b, const TmaOp& op) {
-  uint32_t bytes = op.map.elem_bytes;
-  for (int i = 0; i < op.map.rank; ++i) bytes *= op.map.box[i];
+  const uint32_t bytes = box_bytes(op.map);
   const uint8_t* generic = b.dynamic.at(op.smem, bytes, "TMA store source");
   const uint8_t* seen = async_shared(b).at(op.smem, bytes, "TMA store source");
   if (std::memcmp(generic, seen, bytes) != 0)
@@ -247,10 +253,22 @@ void tma_load(uint32_t dst, const void* tensor_map, const int32_t* coords, int r
   tma_queue().push_back(make_op(true, tensor_map, coords, rank, dst, bar, site));
 }
 
+// The store reads shared memory at once (the earliest the hardware may: a missing barrier before
+// it shows as stale data) and completes at the end of the round; its source must not change in
+// between (the latest the hardware may read: a missing wait_group.read before reuse is reported).
 void tma_store(const void* tensor_map, const int32_t* coords, int rank, uint32_t src, Site site) {
   TmaOp op = make_op(false, tensor_map, coords, rank, src, 0, site);
+  Block& b = *op.block;
+  try {
+    check_published(b, op);
+    tma_store_box(op.map, op.coords, async_shared(b), op.smem);
+    const uint8_t* read = async_shared(b).at(op.smem, box_bytes(op.map), "TMA store source");
+    op.source.assign(read, read + box_bytes(op.map));
+  } catch (const std::exception& e) {
+    fault(std::string("TMA store: ") + e.what(), site);
+  }
   current().bulk_uncommitted.push_back(op.id);
-  tma_queue().push_back(op);
+  tma_queue().push_back(std::move(op));
 }
 
 void bulk_commit_group(Site) {
@@ -306,9 +324,11 @@ void run_async_units() {
         const uint32_t bytes = tma_load_box(op.map, op.coords, b.dynamic, op.smem);
         tma_load_box(op.map, op.coords, async, op.smem);  // ... which generic reads see after the mbarrier
         complete_tx(b, op.bar, bytes, op.site);
-      } else {
-        check_published(b, op);
-        tma_store_box(op.map, op.coords, async_shared(b), op.smem);
+      } else if (std::memcmp(b.dynamic.at(op.smem, box_bytes(op.map), "TMA store source"), op.source.data(),
+                             op.source.size()) != 0) {
+        fault("shared memory 0x" + SharedView::hex(op.smem) + " was rewritten while a TMA store still read it " +
+                  "(no cp.async.bulk.wait_group.read before the reuse)",
+              op.site);
       }
     } catch (const std::exception& e) {
       fault(std::string(op.load ? "TMA load: " : "TMA store: ") + e.what(), op.site);

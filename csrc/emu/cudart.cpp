@@ -53,6 +53,13 @@ cudaError_t cudaGetDevice(int* device) {
   return cudaSuccess;
 }
 
+// The one device attribute the launchers ask for: the emulated H200's SM count (persistent grids).
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (attr != cudaDevAttrMultiProcessorCount || device != 0) return cudaErrorInvalidValue;
+  *value = dx::emu::kSmCount;
+  return cudaSuccess;
+}
+
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;
   if (value < 0 || static_cast<uint32_t>(value) > dx::emu::kMaxSharedBytes) return cudaErrorInvalidValue;

@@ -72,7 +72,7 @@ struct WgmmaOp {
   float* registers[kWarpgroupThreads] = {};
   std::vector<float> input;        // 64 x n, row-major (accumulate and not chained)
   std::vector<float> output;       // 64 x n once computed
-  bool computed = false;
+  bool written_back = false;       // its result reached the registers
 };
 
 struct WarpgroupState {

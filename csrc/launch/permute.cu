@@ -2,6 +2,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <climits>
 
 #include "deepseek_ext/permute/copy_rows.cuh"
 #include "deepseek_ext/permute/grouped_layout.cuh"
@@ -14,6 +15,7 @@ namespace dx {
 namespace {
 
 constexpr int64_t kMaxGrid = 1 << 20;  // grid-stride loops cover the rest
+constexpr int kDefaultSharedBytes = 48 * 1024;  // dynamic shared memory a CTA gets without opting in
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
@@ -22,20 +24,38 @@ int grid_for(int64_t items, int per_cta) { return static_cast<int>(std::min(ceil
 }  // namespace
 
 cudaError_t launch_count_experts(const int64_t* topk_idx, int64_t pairs, int num_experts, int* counts,
-                                 int* inverse_map, cudaStream_t stream) {
-  if (pairs < 0 || num_experts < 1) return cudaErrorInvalidValue;
+                                 int* chunk_counts, int* inverse_map, cudaStream_t stream) {
+  if (pairs < 0 || num_experts < 1 || num_experts > permute::kLayoutMaxExperts) return cudaErrorInvalidValue;
   if (pairs == 0) return cudaSuccess;
-  return launch_kernel(permute::count_experts_kernel, grid_for(pairs, permute::kCountThreads), permute::kCountThreads,
-                       0, stream, false, topk_idx, pairs, num_experts, counts, inverse_map);
+  const int64_t chunks = ceil_div(pairs, permute::kLayoutChunkPairs);
+  if (chunks > INT32_MAX) return cudaErrorInvalidValue;
+  const size_t smem = (num_experts + size_t{1}) * sizeof(int);
+  return launch_kernel(permute::count_experts_kernel, static_cast<unsigned>(chunks), permute::kLayoutThreads, smem,
+                       stream, false, topk_idx, pairs, num_experts, counts, chunk_counts, inverse_map);
 }
 
 cudaError_t launch_grouped_layout(const int64_t* topk_idx, int64_t pairs, int topk, const int* counts,
-                                  int num_experts, int alignment, int* row_token, int* m_indices,
+                                  int* chunk_counts, int num_experts, int alignment, int* row_token, int* m_indices,
                                   int* inverse_map, cudaStream_t stream) {
-  if (pairs < 0 || topk < 1 || num_experts < 1 || alignment < 1) return cudaErrorInvalidValue;
+  if (pairs < 0 || topk < 1 || num_experts < 1 || num_experts > permute::kLayoutMaxExperts || alignment < 1) {
+    return cudaErrorInvalidValue;
+  }
   if (pairs == 0) return cudaSuccess;
-  return launch_kernel(permute::grouped_layout_kernel, num_experts, permute::kLayoutThreads, 0, stream, false,
-                       topk_idx, pairs, topk, counts, alignment, row_token, m_indices, inverse_map);
+  const int64_t chunks = ceil_div(pairs, permute::kLayoutChunkPairs);
+  if (chunks > INT32_MAX) return cudaErrorInvalidValue;
+  cudaError_t err = launch_kernel(permute::chunk_offsets_kernel, static_cast<unsigned>(ceil_div(num_experts, 32)),
+                                  permute::kOffsetThreads, 0, stream, false, counts, num_experts, chunks, alignment,
+                                  chunk_counts, row_token, m_indices);
+  if (err != cudaSuccess) return err;
+  const int smem = permute::kLayoutWarps * num_experts * static_cast<int>(sizeof(int));
+  if (smem > kDefaultSharedBytes) {  // many experts: opt in (the op syncs anyway, so never inside a graph capture)
+    err = cudaFuncSetAttribute(reinterpret_cast<const void*>(permute::scatter_pairs_kernel),
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+  }
+  return launch_kernel(permute::scatter_pairs_kernel, static_cast<unsigned>(chunks), permute::kLayoutThreads, smem,
+                       stream, false, topk_idx, pairs, topk, num_experts, static_cast<const int*>(chunk_counts),
+                       row_token, m_indices, inverse_map);
 }
 
 cudaError_t launch_permute_rows(const void* x, int64_t row_bytes, const float* sx, int64_t ld_sx, int scale_cols,

@@ -4,18 +4,26 @@
 #include <cuda_runtime.h>
 #include <cstdint>
 
+#include "deepseek_ext/permute/params.cuh"
+
 namespace dx {
 
+// The grouped layout (deepseek_ext/reference/permute.py) by a counting sort over chunks of
+// permute::kLayoutChunkPairs pairs; num_experts <= permute::kLayoutMaxExperts.
+//
 // topk_idx: int64 [pairs] (tokens x topk, row-major). counts: int32 [num_experts + 1], zeroed by
 // the caller; receives the pairs per expert and, last, the pairs with an id outside
-// [-1, num_experts). inverse_map: int32 [pairs]; set to -1 where the id is not an expert.
+// [-1, num_experts). chunk_counts: int32 [ceil(pairs / kLayoutChunkPairs) * num_experts] scratch,
+// handed on to launch_grouped_layout. inverse_map: int32 [pairs]; set to -1 where the id is not
+// an expert.
 cudaError_t launch_count_experts(const int64_t* topk_idx, int64_t pairs, int num_experts, int* counts,
-                                 int* inverse_map, cudaStream_t stream);
+                                 int* chunk_counts, int* inverse_map, cudaStream_t stream);
 
-// With the counts of launch_count_experts (all ids valid): writes row_token and m_indices
-// ([rows] int32, rows = sum of counts padded to `alignment`) and inverse_map's expert slots.
+// With the counts and chunk_counts of launch_count_experts (all ids valid): writes row_token and
+// m_indices ([rows] int32, rows = sum of counts padded to `alignment`) and inverse_map's expert
+// slots; chunk_counts is overwritten.
 cudaError_t launch_grouped_layout(const int64_t* topk_idx, int64_t pairs, int topk, const int* counts,
-                                  int num_experts, int alignment, int* row_token, int* m_indices,
+                                  int* chunk_counts, int num_experts, int alignment, int* row_token, int* m_indices,
                                   int* inverse_map, cudaStream_t stream);
 
 // out[r] = x[row_token[r]] (zeros where -1), rows of row_bytes (a multiple of 16) bytes; scales

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from deepseek_ext._backend import uses_kernels
+from deepseek_ext._backend import kernel_module, uses_kernels
 from deepseek_ext.ops import _launch
 from deepseek_ext.ops._checks import (check_aligned, check_contiguous, check_multiple, check_same_device,
                                       check_shape, check_tensor)
@@ -53,9 +53,11 @@ def _permute_kernels(x, x_scales, topk_idx, num_experts: int, alignment: int):
     idx = topk_idx.long().contiguous()
     stream = _launch.stream_handle(x)
     counts = torch.zeros(num_experts + 1, dtype=torch.int32, device=x.device)
+    chunks = ceil_div(pairs, kernel_module(x.device).PERMUTE_CHUNK_PAIRS)
+    chunk_counts = torch.empty(chunks * num_experts, dtype=torch.int32, device=x.device)  # the kernels' scratch
     inverse_map = torch.empty((num_tokens, topk), dtype=torch.int32, device=x.device)
-    _launch.call("count_experts", idx.data_ptr(), pairs, num_experts, counts.data_ptr(), inverse_map.data_ptr(),
-                 stream, device=x.device)
+    _launch.call("count_experts", idx.data_ptr(), pairs, num_experts, counts.data_ptr(), chunk_counts.data_ptr(),
+                 inverse_map.data_ptr(), stream, device=x.device)
     per_expert = counts.tolist()  # the one sync: the output size depends on the routing
     if per_expert[-1]:
         _raise_bad_experts(topk_idx, num_experts)
@@ -65,8 +67,9 @@ def _permute_kernels(x, x_scales, topk_idx, num_experts: int, alignment: int):
     scale_cols = 0 if x_scales is None else x_scales.shape[1]
     out, out_scales, m_indices = _row_outputs(x, rows, scale_cols)
     row_token = torch.empty(rows, dtype=torch.int32, device=x.device)
-    _launch.call("grouped_layout", idx.data_ptr(), pairs, topk, counts.data_ptr(), num_experts, alignment,
-                 row_token.data_ptr(), m_indices.data_ptr(), inverse_map.data_ptr(), stream, device=x.device)
+    _launch.call("grouped_layout", idx.data_ptr(), pairs, topk, counts.data_ptr(), chunk_counts.data_ptr(),
+                 num_experts, alignment, row_token.data_ptr(), m_indices.data_ptr(), inverse_map.data_ptr(), stream,
+                 device=x.device)
     _launch.call("permute_rows", x.data_ptr(), x.shape[1] * x.element_size(),
                  0 if x_scales is None else x_scales.data_ptr(), 0 if x_scales is None else x_scales.stride(1),
                  scale_cols, row_token.data_ptr(), rows, out.data_ptr(), out_scales.data_ptr(),
@@ -80,7 +83,8 @@ def _permute_to_grouped(x: torch.Tensor, x_scales: torch.Tensor, topk_idx: torch
     """x_scales with 0 columns stands for "no scales" (custom ops return tensors only)."""
     check_aligned(x, "x")
     scales = x_scales if x_scales.shape[1] else None
-    if uses_kernels(x) and topk_idx.numel() and x.shape[1]:
+    if (uses_kernels(x) and topk_idx.numel() and x.shape[1]
+            and num_experts <= kernel_module(x.device).PERMUTE_MAX_EXPERTS):  # beyond: the kernels' shared memory
         return _permute_kernels(x, scales, topk_idx, num_experts, alignment)
     _check_index_range(topk_idx, "topk_idx", -1, num_experts - 1, may_sync=True)
     out, out_scales, m_indices, inverse_map = ref.permute_to_grouped(x, scales, topk_idx, num_experts, alignment)

@@ -178,8 +178,12 @@ void test_mbarrier_misuse() {
 }
 
 // --- TMA through an mbarrier, and the async proxy ------------------------------------------------------
+// How tma_round_trip misbehaves: not at all, no fence.proxy.async, no barrier before the store,
+// or a rewrite of the stored tile before cp.async.bulk.wait_group.read.
+enum StoreMode { kCorrect = 0, kNoFence = 1, kNoBarrier = 2, kEarlyReuse = 3 };
+
 __global__ void tma_round_trip(const __grid_constant__ CUtensorMap in, const __grid_constant__ CUtensorMap out,
-                               uint32_t expect_bytes, bool fence_before_store) {
+                               uint32_t expect_bytes, int mode) {
   uint8_t* smem = dx::dynamic_shared_memory<uint8_t>();
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const uint32_t tile = (base + 1023) / 1024 * 1024, bar = tile + 4096;
@@ -192,11 +196,12 @@ __global__ void tma_round_trip(const __grid_constant__ CUtensorMap in, const __g
   dx::ptx::mbarrier_wait_parity(bar, 0);
   uint8_t* data = smem + (tile - base);
   for (int i = threadIdx.x; i < 32 * 32; i += blockDim.x) data[i] = static_cast<uint8_t>(data[i] + 1);
-  if (fence_before_store) dx::ptx::fence_proxy_async_shared();
-  __syncthreads();
+  if (mode != kNoFence) dx::ptx::fence_proxy_async_shared();
+  if (mode != kNoBarrier) __syncthreads();
   if (threadIdx.x == 0) {
     dx::ptx::tma_store_3d(&out, 0, 0, 0, tile);
     dx::ptx::bulk_commit_group();
+    if (mode == kEarlyReuse) data[7] = 0;
     dx::ptx::bulk_wait_group<0>();
   }
 }
@@ -217,15 +222,24 @@ void test_tma_and_async_proxy() {
   encode(&map_in, in, 2);
   encode(&map_out, out, 3);
   const size_t smem = 8192;
-  CHECK(dx::launch_kernel(tma_round_trip, 1, 64, smem, nullptr, false, map_in, map_out, 1024u, true) == cudaSuccess);
+  CHECK(dx::launch_kernel(tma_round_trip, 1, 64, smem, nullptr, false, map_in, map_out, 1024u, kCorrect) ==
+        cudaSuccess);
   for (int i = 0; i < 32 * 32; ++i) CHECK(out[i] == static_cast<uint8_t>(in[i] + 1));
   // Without fence.proxy.async the TMA store would not see the generic writes: reported.
   CHECK(contains(launch_error(dx::launch_kernel(tma_round_trip, 1, 64, smem, nullptr, false, map_in, map_out, 1024u,
-                                                false)),
+                                                kNoFence)),
                  "written after the last fence.proxy.async"));
+  // Without the barrier the store reads before the other threads wrote, who then write under it.
+  CHECK(contains(launch_error(dx::launch_kernel(tma_round_trip, 1, 64, smem, nullptr, false, map_in, map_out, 1024u,
+                                                kNoBarrier)),
+                 "rewritten while a TMA store still read it"));
+  // Rewriting the tile before wait_group.read races with the store's read: reported.
+  CHECK(contains(launch_error(dx::launch_kernel(tma_round_trip, 1, 64, smem, nullptr, false, map_in, map_out, 1024u,
+                                                kEarlyReuse)),
+                 "rewritten while a TMA store still read it"));
   // expect_tx announcing a box that never comes: the phase never completes.
   const std::string err =
-      launch_error(dx::launch_kernel(tma_round_trip, 1, 64, smem, nullptr, false, map_in, map_out, 2048u, true));
+      launch_error(dx::launch_kernel(tma_round_trip, 1, 64, smem, nullptr, false, map_in, map_out, 2048u, kCorrect));
   CHECK(contains(err, "deadlock") && contains(err, "mbarrier") && contains(err, "tx-count 1024"));
 }
 

@@ -71,9 +71,6 @@ int main() {
       in >> v[0] >> v[1] >> v[2];
       const dx::TileCoord c = dx::tile_coord(v[0], v[1], v[2]);
       std::printf("%" PRId64 " %" PRId64 " %" PRId64 "\n", c.batch, c.row, c.col);
-    } else if (op == "token_group_index") {
-      in >> v[0] >> v[1] >> v[2] >> v[3] >> v[4];
-      answer(dx::token_group_index(v[0], int(v[1]), int(v[2]), int(v[3]), int(v[4])));
     } else {
       std::fprintf(stderr, "unknown query: %s\n", line.c_str());
       return 1;

@@ -31,6 +31,22 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* tensor_map
 #endif
 }
 
+// Global tile at (inner, middle, outer) of a 3-D tensor map -> shared memory; completes `bytes` on
+// mbarrier `bar`.
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const void* tensor_map, int32_t inner, int32_t middle,
+                                            int32_t outer, uint32_t bar DX_SITE_PARAM) {
+#if defined(DX_EMULATE)
+  const int32_t coords[3] = {inner, middle, outer};
+  emu::tma_load(dst, tensor_map, coords, 3, bar, dx_site);
+#else
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(inner), "r"(middle), "r"(outer), "r"(bar)
+      : "memory");
+#endif
+}
+
 // Shared-memory tile -> global at (inner, middle, outer) of a 3-D tensor map; out-of-bounds
 // elements are not written.
 __device__ __forceinline__ void tma_store_3d(const void* tensor_map, int32_t inner, int32_t middle,

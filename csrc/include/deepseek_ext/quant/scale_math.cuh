@@ -78,6 +78,22 @@ DX_HOST_DEVICE float divide_by_group_scale(float x, const GroupScale& g) {
   return g.by_reciprocal ? divide_by_scale(x, g.s, g.r) : x * g.r;
 }
 
+// divide_by_group_scale in three instructions, with no per-element branch or sign fix: the residual
+// is taken with the opposite sign (q0 * s - x), so a zero x keeps its sign through both FMAs, and a
+// NaN or Inf scale (r = NaN or +0) puts 1 in the residual for s, where the correction then gives
+// x * r (NaN, or a zero with x's sign). Same values as divide_by_group_scale up to the sign of a NaN
+// (tests/cpp/exact_division.cpp checks the e4m3 bytes against x / s).
+DX_HOST_DEVICE float divide_by_group_scale_fma(float x, const GroupScale& g) {
+  const float s = g.by_reciprocal ? g.s : 1.0f;  // one select per group once inlined
+#if defined(__CUDA_ARCH__)
+  const float q0 = __fmul_rn(x, g.r);  // nvcc must not fuse it
+#else
+  const float q0 = x * g.r;  // the host builds compile with -ffp-contract=off
+#endif
+  const float minus_e = fmaf(q0, s, -x);  // -(x - q0*s): exact where divide_by_scale's residual is
+  return fmaf(-minus_e, g.r, q0);
+}
+
 // a / b for a >= 0, b > 0: 32-bit division when both fit (a 64-bit division costs the GPU
 // several times more, and the kernels divide once per group).
 DX_HOST_DEVICE int64_t quotient(int64_t a, int64_t b) {

@@ -49,11 +49,4 @@ DX_HOST_DEVICE TileCoord tile_coord(int64_t tile, int64_t tile_rows, int64_t til
   return {batch, in_batch / tile_cols, in_batch % tile_cols};
 }
 
-// Per-token cast: the group handled by thread `thread` of block `block` at unrolled step `step`
-// (kSteps steps per block, lanes threads per group). Consecutive warps take consecutive groups.
-DX_HOST_DEVICE int64_t token_group_index(int64_t block, int step, int thread, int lanes, int steps) {
-  const int groups_per_step = kTileThreads / lanes;
-  return (block * steps + step) * groups_per_step + thread / lanes;
-}
-
 }  // namespace dx
