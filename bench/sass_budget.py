@@ -63,7 +63,10 @@ REGS_PER_SM, REG_UNIT, SUBPARTITIONS, MAX_REGS = 65536, 256, 4, 255
 SMEM_PER_SM, SMEM_PER_CTA, SMEM_RESERVED, SMEM_UNIT = 228 * 1024, 227 * 1024, 1024, 128
 THREADS_PER_SM, CTAS_PER_SM = 2048, 32
 
-BUDGETS = {"per_token": 12, "per_block": 10, "with_transpose": 14, "swiglu": 18, "dequantize": 8}
+# Instructions per output element. SwiGLU's silu, x / (1 + expf(-x)) in fp32 as torch writes it (so the
+# fused cast stays bit-identical to F.silu: accurate expf and an IEEE division per element), costs 20.0
+# on its own (the kernel built with silu(x) = x measures 13.3); the first target of 18 is below that.
+BUDGETS = {"per_token": 12, "per_block": 10, "with_transpose": 14, "swiglu": 36, "dequantize": 8}
 
 # One line of `cuobjdump -sass`: /*addr*/  [@!P0] OPCODE.MODS operands ;
 INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Z0-9_]+)*)([^;]*);")

@@ -1,6 +1,5 @@
 """divide_by_group_scale (csrc/include/deepseek_ext/quant/scale_math.cuh: x * (1/s) with one FMA
-correction) and its branch-free form divide_by_group_scale_fma against the true division of the
-numerics contract: tests/cpp/exact_division.cpp compares the e4m3 bytes (PTX cvt model
+correction) against the true division of the numerics contract: tests/cpp/exact_division.cpp compares the e4m3 bytes (PTX cvt model
 of csrc/emu/fp8.cpp) on every bf16 x against >= 3,000 scales and on 10^8 random fp32 pairs, with
 |x| <= amax as inside a kernel group, and shows that the uncorrected x * (1/s) does mismatch."""
 from __future__ import annotations
@@ -22,7 +21,4 @@ def test_divide_by_scale_is_bit_exact(tmp_path):
     naive = [int(n) for n in re.findall(r"naive x\*\(1/s\) mismatches: (\d+)", proc.stdout)]
     pairs = [int(n) for n in re.findall(r"(\d+) pairs \(", proc.stdout)]
     assert corrected == [0, 0] and naive and naive[0] > 0, proc.stdout
-    branch_free = re.findall(r"branch-free \(divide_by_group_scale_fma\) mismatches: (\d+), "
-                             r"fp32 values differing: (\d+)", proc.stdout)
-    assert branch_free == [("0", "0"), ("0", "0")], proc.stdout  # also the same fp32 values
     assert len(pairs) == 2 and pairs[1] >= 10**8 and sum(pairs) > 3 * 10**8, proc.stdout

@@ -120,16 +120,16 @@ def test_res_usage_and_occupancy():
     assert sass_budget.ctas_per_sm(32, 228 * 1024, 256)[0] == 0
 
 
-def test_report_on_the_installed_extension(tmp_path):
+def test_installed_extension_is_within_budget(tmp_path):
     so = sass_budget.find_extension()
     if not so:
         pytest.skip("deepseek_ext._C is not built")
     if not (sass_budget.find_tool("cuobjdump") and sass_budget.find_tool("nvdisasm")):
         pytest.skip("needs cuobjdump and nvdisasm (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     out = tmp_path / "sass.json"
-    done = subprocess.run([sys.executable, str(BENCH / "sass_budget.py"), "--report-only", "--json", str(out)],
+    done = subprocess.run([sys.executable, str(BENCH / "sass_budget.py"), "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr  # every kernel within its budget
     table = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:] if line.split()}
     rows = {r["label"]: r for r in json.loads(out.read_text())["kernels"]}
     for kernel in KERNELS:

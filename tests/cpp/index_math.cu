@@ -54,9 +54,6 @@ int main() {
     } else if (op == "m_major_scale_offset") {
       in >> v[0] >> v[1] >> v[2] >> v[3] >> v[4];
       answer(dx::m_major_scale_offset(v[0], v[1], v[2], v[3], v[4]));
-    } else if (op == "block_scale_offset") {
-      for (int i = 0; i < 7; ++i) in >> v[i];
-      answer(dx::block_scale_offset(v[0], v[1], v[2], v[3], {v[4], v[5], v[6]}));
     } else if (op == "tile_byte_offset") {
       in >> v[0] >> v[1] >> v[2];
       answer(dx::tile_byte_offset(int(v[0]), int(v[1]), int(v[2])));

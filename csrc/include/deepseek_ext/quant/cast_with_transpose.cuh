@@ -87,14 +87,6 @@ __device__ __forceinline__ PairAmax<T> chunk_amax(const uint4& raw) {
   return half[0];
 }
 
-// quantize_store with the branch-free division.
-template <int N>
-__device__ __forceinline__ void quantize_store_fma(uint8_t* p, float (&v)[N], const GroupScale& g) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) v[i] = divide_by_group_scale_fma(v[i], g);
-  store_e4m3<N>(p, v);
-}
-
 // Loads this thread's chunks of a tile (the tile_load mapping) from p, row_step elements apart.
 // Only loads whose rows are below rows_left and whose chunk is in bounds (col_ok) are issued: the
 // others leave stale registers, which every amax masks out (rows_left is a multiple of 16 and the
@@ -197,7 +189,7 @@ __global__ void __launch_bounds__(kTileThreads, kCastTransposeMinBlocks) cast_wi
             for (int e = 0; e < Tile::kVec; ++e) v[m * Tile::kVec + e] = w[e];
           }
           if (row_ok && 2 * Shape::kPieceElems * p + Shape::kPieceElems * rt.half < cols_left)
-            quantize_store_fma(q_row + 2 * Shape::kPieceElems * p, v, g);
+            quantize_store(q_row + 2 * Shape::kPieceElems * p, v, g);
         }
         if (rt.half == 0 && row_ok) s[cur.col * s_padded_rows + row0 + rt.row] = g.s;
       }
@@ -227,8 +219,8 @@ __global__ void __launch_bounds__(kTileThreads, kCastTransposeMinBlocks) cast_wi
             Amax::unpack(*reinterpret_cast<const Pack*>(tile_smem + column_base[run] + i * Tile::kRowBytes), v[0][i], v[1][i]);
           const int row = Shape::kRunRows * (ct.quarter + 4 * run);
           if (cols_ok && row < rows_left) {
-            quantize_store_fma(qt_col + row, v[0], g[0]);
-            quantize_store_fma(qt_col + rows + row, v[1], g[1]);
+            quantize_store(qt_col + row, v[0], g[0]);
+            quantize_store(qt_col + rows + row, v[1], g[1]);
           }
         }
         if (ct.quarter == 0 && cols_ok) {

@@ -90,7 +90,7 @@ __device__ __forceinline__ void quantize_chunks(const uint4 (&raw)[kLoads], cons
     float v[Shape::kVec];
     unpack_to_float(static_cast<const T*>(nullptr), raw[u], v);
 #pragma unroll
-    for (int i = 0; i < Shape::kVec; ++i) v[i] = divide_by_group_scale_fma(v[i], g);
+    for (int i = 0; i < Shape::kVec; ++i) v[i] = divide_by_group_scale(v[i], g);
     store_e4m3<Shape::kVec>(out + tile_load_row(threadIdx.x, u, Shape::kChunks) * kTile + col, v);
   }
 }

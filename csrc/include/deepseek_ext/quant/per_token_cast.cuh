@@ -84,18 +84,6 @@ struct RowLoader {
   }
 };
 
-// group_scale(amax, pow2) for any amax >= 0 or NaN: the same division, and round_up_pow2 without
-// its subnormal branch (s >= 1e-4 / 448 is normal: adding the mantissa mask carries into the
-// exponent unless the mantissa is already 0; Inf stays Inf, NaN passes).
-DX_HOST_DEVICE GroupScale token_scale(float amax, bool pow2_scale) {
-  float s = (amax < kAmaxFloor ? kAmaxFloor : amax) / kFp8E4m3Max;
-  uint32_t bits;
-  memcpy(&bits, &s, sizeof(bits));
-  const uint32_t up = (bits + 0x7fffffu) & 0xff800000u;
-  if (pow2_scale && bits <= 0x7f800000u) memcpy(&s, &up, sizeof(s));
-  return {s, 1.0f / s, reciprocal_is_exact_enough(s)};
-}
-
 // e4m3(v) to p (N = 4 or 8 bytes, N-byte aligned) when ok.
 template <int N>
 __device__ __forceinline__ void store_e4m3_if(bool ok, uint8_t* p, const float (&v)[N]) {
@@ -143,12 +131,12 @@ __global__ void __launch_bounds__(kTileThreads, 4) per_token_cast_to_fp8_kernel(
   for (int u = 0; u < kSteps; ++u) {
     float v[kVecs][kVec];
     const float amax = loader.widen(raw[u], v);
-    const GroupScale g = token_scale(lanes_abs_max<kTokenGroupLanes>(amax), pow2_scale);
+    const GroupScale g = group_scale(lanes_abs_max<kTokenGroupLanes>(amax), pow2_scale);
 #pragma unroll
     for (int j = 0; j < kVecs; ++j) {
       const int offset = u * kQuantGroup + j * kVecStride;
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) v[j][i] = divide_by_group_scale_fma(v[j][i], g);
+      for (int i = 0; i < kVec; ++i) v[j][i] = divide_by_group_scale(v[j][i], g);
       store_e4m3_if(offset < left, qp + offset, v[j]);
     }
     scale = lane == u ? g.s : scale;

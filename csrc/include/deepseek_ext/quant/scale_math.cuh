@@ -42,24 +42,10 @@ DX_HOST_DEVICE float scale_and_clamp(float x, float s) {
   return v > kFp8E4m3Max ? kFp8E4m3Max : (v < -kFp8E4m3Max ? -kFp8E4m3Max : v);
 }
 
-// True when divide_by_scale may replace x / s: s and r = 1/s are both normal, s in [2^-126, 2^126]
+// True when the reciprocal path of divide_by_group_scale equals x / s: s and r = 1/s both normal
 // (the error bounds that make the correction exact need a normal reciprocal); NaN fails both
-// compares, so NaN, Inf, zero, subnormal and negative scales take the true division.
+// compares. Kernel scales are NaN, Inf, or in [1e-4 / 448, 2^120]: only NaN and Inf fail.
 DX_HOST_DEVICE bool reciprocal_is_exact_enough(float s) { return s >= 0x1p-126f && s <= 0x1p126f; }
-
-// x / s bit-identical to the IEEE division, from r = 1/s (true division, once per group): one
-// multiply and two FMAs instead of a division per element. Needs reciprocal_is_exact_enough(s) and
-// no overflow of x * r (the kernels have |x| <= amax, so |x / s| <~ 448); NaN x gives NaN.
-DX_HOST_DEVICE float divide_by_scale(float x, float s, float r) {
-#if defined(__CUDA_ARCH__)
-  const float q0 = __fmul_rn(x, r);  // rounded product, within ~1 ulp of x/s; nvcc must not fuse it
-#else
-  const float q0 = x * r;  // the host builds compile with -ffp-contract=off
-#endif
-  const float e = fmaf(-q0, s, x);  // residual x - q0*s: exact (q0 ~ x/s) unless |x| < ~2^-100, e4m3 0 there
-  const float q = fmaf(e, r, q0);   // Markstein correction: RN(q0 + e*r) == RN(x/s)
-  return copysignf(q, x);           // x = -0 gives +0 above (-0 + +0 = +0); x/s has the sign of x
-}
 
 // A group's scale s = amax / 448 and its reciprocal (one true division per group).
 struct GroupScale {
@@ -67,30 +53,31 @@ struct GroupScale {
   bool by_reciprocal;  // reciprocal_is_exact_enough(s): false only for the NaN/Inf scales of poisoned groups
 };
 
+// scale_from_amax with round_up_pow2 branch-free: the floor keeps s normal, where adding the
+// mantissa mask carries into the exponent unless the mantissa is 0 (Inf stays Inf, NaN passes);
+// tests/cpp/group_scale.cu checks it against scale_from_amax on every amax.
 DX_HOST_DEVICE GroupScale group_scale(float amax, bool pow2_scale) {
-  const float s = scale_from_amax(amax, pow2_scale);
+  float s = (amax < kAmaxFloor ? kAmaxFloor : amax) / kFp8E4m3Max;
+  uint32_t bits;
+  memcpy(&bits, &s, sizeof(bits));
+  const uint32_t up = (bits + 0x7fffffu) & 0xff800000u;
+  if (pow2_scale && bits <= 0x7f800000u) memcpy(&s, &up, sizeof(s));
   return {s, 1.0f / s, reciprocal_is_exact_enough(s)};
 }
 
-// x / g.s with no division (tests/cpp/exact_division.cpp checks every case against x / s): the
-// corrected product, or for NaN/Inf scales x * (1/s), which is what x / s gives there (NaN, +-0).
+// x / g.s as the e4m3 cast sees it, in three instructions per element (tests/cpp/exact_division.cpp
+// checks every bf16 x and 10^8 random pairs against x / s): q0 = x * r corrected by one FMA step
+// (Markstein) with the residual taken as q0 * s - x, so a zero x keeps its sign through both FMAs;
+// for NaN/Inf scales (r = NaN or +0) s is replaced by 1 and the result is x * r, which is x / s
+// there (NaN, or a zero with x's sign). Needs |x| <= the group's amax (no overflow of x * r).
 DX_HOST_DEVICE float divide_by_group_scale(float x, const GroupScale& g) {
-  return g.by_reciprocal ? divide_by_scale(x, g.s, g.r) : x * g.r;
-}
-
-// divide_by_group_scale in three instructions, with no per-element branch or sign fix: the residual
-// is taken with the opposite sign (q0 * s - x), so a zero x keeps its sign through both FMAs, and a
-// NaN or Inf scale (r = NaN or +0) puts 1 in the residual for s, where the correction then gives
-// x * r (NaN, or a zero with x's sign). Same values as divide_by_group_scale up to the sign of a NaN
-// (tests/cpp/exact_division.cpp checks the e4m3 bytes against x / s).
-DX_HOST_DEVICE float divide_by_group_scale_fma(float x, const GroupScale& g) {
   const float s = g.by_reciprocal ? g.s : 1.0f;  // one select per group once inlined
 #if defined(__CUDA_ARCH__)
   const float q0 = __fmul_rn(x, g.r);  // nvcc must not fuse it
 #else
   const float q0 = x * g.r;  // the host builds compile with -ffp-contract=off
 #endif
-  const float minus_e = fmaf(q0, s, -x);  // -(x - q0*s): exact where divide_by_scale's residual is
+  const float minus_e = fmaf(q0, s, -x);  // -(x - q0*s): exact, as q0 is within an ulp of x/s
   return fmaf(-minus_e, g.r, q0);
 }
 
@@ -110,17 +97,10 @@ DX_HOST_DEVICE int64_t m_major_scale_offset(int64_t row, int64_t group, int64_t 
   return (batch * num_groups + group) * padded_rows + (row - batch * rows_per_batch);
 }
 
-// Where the scale of element (row, col) of a batch of [rows_per_batch, cols] matrices lives,
-// for scales of (block_rows x 128) blocks stored at any strides.
+// Strides (elements) of (block_rows x 128)-block scales stored at any layout: per batch, per
+// block row, per 128 columns.
 struct ScaleStrides {
   int64_t batch, row, col;
 };
-DX_HOST_DEVICE int64_t block_scale_offset(int64_t row, int64_t col, int64_t rows_per_batch,
-                                          int64_t block_rows, ScaleStrides stride) {
-  const int64_t batch = quotient(row, rows_per_batch);
-  const int64_t in_batch = row - batch * rows_per_batch;
-  return batch * stride.batch + quotient(in_batch, block_rows) * stride.row +
-         quotient(col, kQuantGroup) * stride.col;
-}
 
 }  // namespace dx

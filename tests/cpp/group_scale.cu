@@ -1,5 +1,5 @@
-// token_scale (csrc/include/deepseek_ext/quant/per_token_cast.cuh: the per-token kernel's branch-free
-// group_scale) against group_scale (scale_math.cuh) on its whole domain: every amax bit pattern with
+// group_scale (csrc/include/deepseek_ext/quant/scale_math.cuh: the kernels' branch-free scale) against
+// scale_from_amax (the numerics contract's formula) on its whole domain: every amax bit pattern with
 // the sign bit clear (a lane amax is max.NaN of |x|: +0 up to Inf, and NaNs), both pow2 modes; s, r
 // and by_reciprocal must agree bit for bit (NaN s: NaN in both).
 #include <algorithm>
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "check.h"
-#include "deepseek_ext/quant/per_token_cast.cuh"
+#include "deepseek_ext/quant/scale_math.cuh"
 
 namespace {
 
@@ -42,7 +42,9 @@ int main() {
           const uint32_t pattern = static_cast<uint32_t>(b);
           std::memcpy(&amax, &pattern, 4);
           for (bool pow2 : {false, true}) {
-            const dx::GroupScale want = dx::group_scale(amax, pow2), got = dx::token_scale(amax, pow2);
+            const float s = dx::scale_from_amax(amax, pow2);
+            const dx::GroupScale want{s, 1.0f / s, dx::reciprocal_is_exact_enough(s)};
+            const dx::GroupScale got = dx::group_scale(amax, pow2);
             if (!same(got.s, want.s) || !same(got.r, want.r) || got.by_reciprocal != want.by_reciprocal) {
               std::lock_guard<std::mutex> lock(mu);
               std::printf("amax %08x pow2 %d: s %08x r %08x fast %d, want s %08x r %08x fast %d\n", pattern, pow2,
