@@ -108,6 +108,8 @@ def run_tests(tests: tuple[str, ...]) -> tuple[bool, str]:
     failed = [ln for ln in lines if ln.startswith("FAILED")]
     reason = next((ln for ln in lines if ln.startswith("E ") and ("deadlock" in ln or "Error" in ln or "assert" in ln)),
                   "")
+    if not failed and proc.returncode < 0:  # the planted bug killed the test process
+        return True, f"pytest killed by signal {-proc.returncode} (e.g. a wild store)"
     evidence = (failed[0].removeprefix("FAILED ") if failed else (lines[-1] if lines else "")) + \
         (f" | {reason[1:].strip()[:160]}" if reason else "")
     return proc.returncode != 0, evidence
