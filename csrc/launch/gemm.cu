@@ -1,7 +1,6 @@
 // Launcher of the FP8 GEMM: checks, TMA descriptors, tile grid, launch.
 #include <cuda.h>
 #include <cuda_bf16.h>
-#include <cudaTypedefs.h>
 
 #include <atomic>
 
@@ -10,6 +9,7 @@
 #include "deepseek_ext/gemm/staging.cuh"
 #include "launch/gemm.h"
 #include "launch/launch_kernel.h"
+#include "launch/tensor_map.h"
 
 namespace dx {
 
@@ -21,39 +21,15 @@ using gemm::kBlockM;
 constexpr int kGroupM = 8;       // M blocks per rasterization group (L2 reuse of B)
 constexpr int kDimMultiple = 16; // N, K: 16-byte e4m3 rows for TMA
 
-// cuTensorMapEncodeTiled through the runtime's driver entry point (the extension does not
-// link libcuda). Resolved once.
-PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* entry = nullptr;
-    cudaDriverEntryPointQueryResult found;
-    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &entry, 12000,
-                                                             cudaEnableDefault, &found);
-    if (err != cudaSuccess || found != cudaDriverEntryPointSuccess) return PFN_cuTensorMapEncodeTiled_v12000{};
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(entry);
-  }();
-  return fn;
-}
-
 // Row-major tensor of `rank` (2 or 3) dims, dims[0] innermost, strides[i] (elements) of
 // dims[i + 1], read/written in boxes `box`; out-of-bounds elements read as zero and are not written.
 cudaError_t encode(CUtensorMap* map, CUtensorMapDataType type, int elem_bytes, const void* ptr, int rank,
                    const int64_t (&dims)[3], const int64_t (&strides)[2], const int (&box)[3],
                    CUtensorMapSwizzle swizzle) {
-  const auto fn = encode_tiled();
-  if (fn == nullptr) return cudaErrorNotSupported;
-  cuuint64_t global_dims[3], global_strides[2];
-  cuuint32_t box_dims[3];
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  for (int i = 0; i < rank; ++i) {
-    global_dims[i] = static_cast<cuuint64_t>(dims[i]);
-    box_dims[i] = static_cast<cuuint32_t>(box[i]);
-    if (i + 1 < rank) global_strides[i] = static_cast<cuuint64_t>(strides[i]) * elem_bytes;
-  }
-  const CUresult res = fn(map, type, rank, const_cast<void*>(ptr), global_dims, global_strides, box_dims,
-                          element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
-                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return res == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  const int64_t stride_bytes[2] = {strides[0] * elem_bytes, strides[1] * elem_bytes};
+  const uint32_t box_dims[3] = {uint32_t(box[0]), uint32_t(box[1]), uint32_t(box[2])};
+  return encode_tensor_map(map, type, rank, ptr, {dims[0], dims[1], rank > 2 ? dims[2] : 1}, stride_bytes, box_dims,
+                           swizzle);
 }
 
 // 2-D tensor [outer, inner] with row stride `ld` elements.

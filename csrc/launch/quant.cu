@@ -124,10 +124,10 @@ cudaError_t launch_per_block_cast_to_fp8(const void* x, int x_dtype, int64_t ld_
     const int64_t row_bytes = rows_per_batch > 1 ? ld_x * kSize : 16;
     const int64_t batch_bytes = batches > 1 ? rows_per_batch * ld_x * kSize : 16;
     CUtensorMap x_map, q_map;
-    if (cudaError_t err = encode_tensor_map_3d(&x_map, kType, x, {cols, rows_per_batch, batches},
+    if (cudaError_t err = encode_tensor_map(&x_map, kType, 3, x, {cols, rows_per_batch, batches},
                                                {row_bytes, batch_bytes}, {kTile, kTile, 1}))
       return err;
-    if (cudaError_t err = encode_tensor_map_3d(&q_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, q,
+    if (cudaError_t err = encode_tensor_map(&q_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, q,
                                                {cols, rows_per_batch, batches}, {cols, rows_per_batch * cols},
                                                {kTile, kTile, 1}))
       return err;
