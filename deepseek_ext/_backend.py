@@ -74,18 +74,25 @@ def kernel_module(device: torch.device):
 
 def backend() -> str:
     """``"emulate"`` under DEEPSEEK_EXT_BACKEND=emulate; ``"cuda"`` when ops on the current CUDA
-    device run our kernels; else ``"reference"``."""
+    device run our kernels; else ``"reference"``. Consistent with the ops: where the env var
+    forces a backend that cannot run here (``cuda`` without an sm_90 GPU and the extension,
+    ``emulate`` without ``deepseek_ext._emu``), this raises the RuntimeError the ops raise."""
     requested = _requested_backend()
-    if requested == "emulate" and _emu is not None:
-        return "emulate"
-    if requested == "reference" or not torch.cuda.is_available():
+    if requested == "reference":
         return "reference"
-    return "cuda" if _kernels_available(torch.device("cuda", torch.cuda.current_device())) else "reference"
+    if requested == "emulate":
+        uses_kernels(torch.empty(0))  # raises when _emu was not built
+        return "emulate"
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if requested == "cuda":
+        uses_kernels(torch.empty(0, device=device))  # raises when the kernels cannot run there
+        return "cuda"
+    return "cuda" if device.type == "cuda" and _kernels_available(device) else "reference"
 
 
 def _device_sm_count() -> int:
     if not torch.cuda.is_available():
-        return EMULATED_SMS if backend() == "emulate" else 0
+        return EMULATED_SMS if _requested_backend() == "emulate" and _emu is not None else 0
     return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
 
 

@@ -42,6 +42,17 @@ def test_forcing_cuda_where_it_cannot_run_raises(monkeypatch):
         _backend.uses_kernels(torch.empty(1))
 
 
+def test_backend_agrees_with_forced_cuda(monkeypatch):
+    """dx.backend() never says "reference" while the env var forces cuda: it says "cuda" where the
+    kernels run, else raises the RuntimeError the ops raise."""
+    monkeypatch.setenv("DEEPSEEK_EXT_BACKEND", "cuda")
+    if dx.has_cuda_ext() and torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0):
+        assert dx.backend() == "cuda"
+    else:
+        with pytest.raises(RuntimeError, match="DEEPSEEK_EXT_BACKEND=cuda but the kernels cannot run"):
+            dx.backend()
+
+
 @pytest.fixture
 def restore_num_sms():
     saved = _backend._num_sms
@@ -76,6 +87,8 @@ def test_emulate_env_runs_the_host_build_on_cpu_tensors(monkeypatch):
     if not dx.has_emulation():
         with pytest.raises(RuntimeError, match="DEEPSEEK_EXT_BACKEND=emulate but deepseek_ext._emu was not built"):
             _backend.uses_kernels(torch.empty(1))
+        with pytest.raises(RuntimeError, match="DEEPSEEK_EXT_BACKEND=emulate but deepseek_ext._emu was not built"):
+            dx.backend()
         return
     assert dx.backend() == "emulate"
     assert _backend.uses_kernels(torch.empty(1))

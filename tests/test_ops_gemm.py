@@ -374,3 +374,14 @@ def test_grouped_kernel_branches_allocate_outputs_and_pass_device_metadata(monke
     assert offsets.dtype == torch.int32 and offsets.tolist() == [0, 128, 128, 384, 512]
     assert seen_out is out and seen_c is c and out.shape == (4, 48, 80)
     assert torch.equal(out, ref.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, sizes, c))
+
+
+def test_zero_stride_empty_a_gives_empty_output():
+    """Empty operands from numpy carry zero strides: no contiguity error, an empty [0, N] result."""
+    a = torch.empty(0, dtype=torch.float8_e4m3fn).as_strided((0, 128), (0, 0))
+    sa = torch.empty(0).as_strided((0, 1), (0, 0))
+    b = torch.zeros(16, 128, dtype=torch.float8_e4m3fn)
+    assert dx.gemm.fp8_gemm_nt(a, sa, b, torch.ones(1, 1)).shape == (0, 16)
+    g_b = torch.zeros(2, 16, 128, dtype=torch.float8_e4m3fn)
+    m_idx = torch.empty(0, dtype=torch.int32).as_strided((0,), (0,))
+    assert dx.gemm.m_grouped_fp8_gemm_nt_contiguous(a, sa, g_b, torch.ones(2, 1, 1), m_idx).shape == (0, 16)

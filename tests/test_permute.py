@@ -154,7 +154,7 @@ def test_permute_rejects():
         ((x, None, idx.float(), 4), TypeError, r"topk_idx must have dtype in \(int64, int32\)"),
         ((x, None, idx[:, 0], 4), ValueError, r"topk_idx must be 2-D"),
         ((x, None, idx[:5], 4), ValueError, r"topk_idx.shape\[0\] must equal x.shape\[0\]=8, got 5"),
-        ((x, None, idx, 0), ValueError, r"num_experts must be >= 1, got 0"),
+        ((x, None, idx, 0), ValueError, r"num_experts must be in \[1, \d+\], got 0"),
         ((x, None, idx, 4.0), TypeError, r"num_experts must be an int, got float"),
         ((x, None, idx, 3), ValueError, r"topk_idx values must be in \[-1, 2\], got min -?\d+ and max 3"),
         ((x, None, idx - 1, 4), ValueError, r"topk_idx values must be in \[-1, 3\], got min -2"),
@@ -162,7 +162,7 @@ def test_permute_rejects():
     for args, error, message in cases:
         with pytest.raises(error, match=message):
             dx.gemm.permute_to_grouped(*args)
-    with pytest.raises(ValueError, match=r"alignment must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"alignment must be in \[1, \d+\], got 0"):
         dx.gemm.permute_to_grouped(x, None, idx, 4, alignment=0)
     with pytest.raises(TypeError, match=r"alignment must be an int, got bool"):
         dx.gemm.permute_to_grouped(x, None, idx, 4, alignment=True)
@@ -315,3 +315,35 @@ def test_gpu_unpermute_is_graph_capturable():
     y.mul_(2)
     graph.replay()
     assert torch.equal(out.cpu(), ref.unpermute_from_grouped(y.cpu(), inv.cpu(), weights.cpu()))
+
+
+# --- size bounds shared by the reference and kernel paths ------------------------------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(alignment=2**31), r"alignment must be in \[1, 2147483647\]"),
+    (dict(alignment=2**30), r"output rows .* must be <= 2147483647"),
+    (dict(num_experts=2**40), r"num_experts must be in \[1, 1048576\]"),
+])
+def test_size_bounds_raise_before_allocating(kwargs, match, monkeypatch):
+    monkeypatch.setenv("DEEPSEEK_EXT_BACKEND", "reference")
+    x = torch.zeros(2, 128, dtype=torch.bfloat16)
+    args = dict(num_experts=4, alignment=128) | kwargs
+    with pytest.raises(ValueError, match=match):
+        dx.gemm.permute_to_grouped(x, None, torch.tensor([[0], [1]]), args["num_experts"], args["alignment"])
+
+
+@pytest.mark.parametrize("name, value", [("num_experts", True), ("num_experts", 4.0), ("alignment", "128")])
+def test_permute_int_arguments_are_named(name, value):
+    args = dict(num_experts=4, alignment=128) | {name: value}
+    with pytest.raises(TypeError, match=f"{name} must be an int"):
+        dx.gemm.permute_to_grouped(torch.zeros(2, 128, dtype=torch.bfloat16), None, torch.tensor([[0], [1]]),
+                                   args["num_experts"], args["alignment"])
+
+
+def test_zero_stride_empty_permute_round_trip():
+    x = torch.empty(0, dtype=torch.bfloat16).as_strided((0, 128), (0, 0))
+    idx = torch.empty(0, dtype=torch.int64).as_strided((0, 2), (0, 0))
+    out, scales, m_indices, inverse_map = dx.gemm.permute_to_grouped(x, None, idx, 4)
+    assert out.shape == (0, 128) and scales is None and m_indices.shape == (0,) and inverse_map.shape == (0, 2)
+    w = torch.empty(0).as_strided((0, 2), (0, 0))
+    assert dx.gemm.unpermute_from_grouped(out, inverse_map, w).shape == (0, 128)

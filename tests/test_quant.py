@@ -482,3 +482,54 @@ def test_kernel_path_passes_what_the_bindings_declare(monkeypatch):
     assert (named["transpose_block_fp8"]["batch"], named["transpose_block_fp8"]["rows"]) == (2, 48)
     assert {k: named["dequantize"][k] for k in ("out_dtype", "block_rows", "s_batch", "s_row", "s_col")} == \
         {"out_dtype": _launch.DTYPE_CODE[torch.bfloat16], "block_rows": 1, "s_batch": 3 * 48, "s_row": 1, "s_col": 48}
+
+
+# --- bad-input repros (empty tensors with zero strides; argument types) ----------------------
+
+def _zero_stride_empty(shape, dtype):
+    """What torch.from_numpy gives for an empty broadcast array: every stride 0."""
+    return torch.empty(0, dtype=dtype).as_strided(shape, (0,) * len(shape))
+
+
+@pytest.mark.parametrize("shape", [(0, 128), (3, 0, 128), (0, 3, 32)])
+@pytest.mark.parametrize("op, k_div", [(dx.quant.per_token_cast_to_fp8, 1), (dx.quant.per_block_cast_to_fp8, 1),
+                                       (dx.quant.swiglu_cast_to_fp8, 2)])
+def test_zero_stride_empty_inputs_give_empty_outputs(shape, op, k_div):
+    x = _zero_stride_empty(shape, torch.float32)
+    q, s = op(x)
+    expected_q, expected_s = op(torch.zeros(shape))
+    assert q.shape == expected_q.shape and s.shape == expected_s.shape and q.numel() == 0
+
+
+def test_zero_stride_empty_with_transpose():
+    q, s, qt, st = dx.quant.per_token_cast_to_fp8_with_transpose(_zero_stride_empty((0, 128), torch.bfloat16))
+    assert (q.shape, s.shape, qt.shape, st.shape) == ((0, 128), (0, 1), (128, 0), (128, 0))
+
+
+def test_zero_stride_empty_dequantize_and_transpose():
+    q = _zero_stride_empty((2, 0, 128), torch.float8_e4m3fn)
+    s = _zero_stride_empty((2, 0, 1), torch.float32)
+    assert dx.quant.dequantize(q, s, block=(128, 128)).shape == (2, 0, 128)
+    qt, st = dx.quant.transpose_block_fp8(q, s)
+    assert qt.shape == (2, 128, 0) and st.shape == (2, 1, 0)
+
+
+@pytest.mark.parametrize("op", [dx.quant.per_token_cast_to_fp8, dx.quant.per_block_cast_to_fp8,
+                                dx.quant.swiglu_cast_to_fp8, dx.quant.per_token_cast_to_fp8_with_transpose])
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_pow2_scale_must_be_a_bool(op, bad):
+    with pytest.raises(TypeError, match="pow2_scale must be a bool"):
+        op(torch.zeros(16, 128), pow2_scale=bad)
+
+
+@pytest.mark.parametrize("bad, exc", [(128, TypeError), ("1x128", TypeError), ((1, 64), ValueError)])
+def test_dequantize_block_type_is_named(bad, exc):
+    q, s = dx.quant.per_token_cast_to_fp8(torch.zeros(4, 128))
+    with pytest.raises(exc, match="block must be"):
+        dx.quant.dequantize(q, s, block=bad)
+
+
+def test_dequantize_out_dtype_type_is_named():
+    q, s = dx.quant.per_token_cast_to_fp8(torch.zeros(4, 128))
+    with pytest.raises(TypeError, match="out_dtype must be"):
+        dx.quant.dequantize(q, s, out_dtype="float32")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import pickle
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -23,7 +23,7 @@ from deepseek_ext._backend import uses_kernels
 from deepseek_ext.demo.corpus import Corpus, decode, load_corpus_bytes
 from deepseek_ext.demo.plots import write_training_png
 from deepseek_ext.demo.progress import ProgressBar
-from deepseek_ext.demo.trainer import PRESET_DEFAULTS, DemoRun, RunSettings
+from deepseek_ext.demo.trainer import PRESET_DEFAULTS, DemoRun, NonFiniteLoss, RunSettings, tmp_path_for
 from deepseek_ext.models import generate
 from deepseek_ext.nn.moe import DeepSeekMoE
 
@@ -67,10 +67,48 @@ def load_corpus() -> Corpus:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name}: not a torch device ({e})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: this torch sees no CUDA device")
     return device
+
+
+def check_backend(device: torch.device) -> None:
+    """DEEPSEEK_EXT_BACKEND asking for kernels that cannot run here fails now, not at the first step."""
+    try:
+        uses_kernels(torch.empty(0, device=device))
+        dx.backend()
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+
+
+def check_writable_dir(directory: Path, flag: str) -> None:
+    """Create `directory` and write, fsync and remove a file in it, so that a bad --out or --checkpoint
+    fails before training rather than at the first save."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".deepseek_ext_demo_write_test.{os.getpid()}"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as e:
+        raise ValueError(f"{flag} {directory}: cannot write there ({e.strerror or e})") from None
+
+
+def preflight_paths(args: argparse.Namespace) -> None:
+    check_writable_dir(args.out, "--out")
+    check_writable_dir(args.checkpoint.parent, "--checkpoint")
+    if args.checkpoint.is_dir():
+        raise ValueError(f"--checkpoint {args.checkpoint} is a directory")
+    # a save killed before its rename leaves this behind; the checkpoint itself is intact
+    tmp_path_for(args.checkpoint).unlink(missing_ok=True)
 
 
 def fp8_wanted(choice: str, device: torch.device) -> bool:
@@ -81,16 +119,19 @@ def fp8_wanted(choice: str, device: torch.device) -> bool:
 
 def start_run(args: argparse.Namespace, corpus: Corpus, device: torch.device) -> DemoRun:
     min_seq_len = args.prompt_bytes + args.new_bytes + 1
+    corpus.check_prompt(args.prompt_bytes)
     if not args.resume:
         settings = RunSettings.for_preset(args.preset or "tiny", fp8=fp8_wanted(args.fp8, device),
                                           **{k: getattr(args, k) for k in SETTING_FLAGS})
         return DemoRun(settings, corpus, device, min_seq_len)
     if not args.checkpoint.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {args.checkpoint}")
+    if not args.checkpoint.is_file():
+        raise ValueError(f"--resume: {args.checkpoint} is not a file")
     try:
         run = DemoRun.load(args.checkpoint, corpus, device, min_seq_len)
-    except (RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
-        raise ValueError(f"--checkpoint {args.checkpoint}: not a demo checkpoint ({type(e).__name__}: {e})") from e
+    except ValueError as e:  # CheckpointError included
+        raise ValueError(f"--checkpoint {args.checkpoint}: {e}") from None
     saved = run.settings
     for name in (*SETTING_FLAGS, "preset"):
         given = getattr(args, name)
@@ -173,9 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         device = resolve_device(args.device)
+        check_backend(device)
+        preflight_paths(args)
         run = start_run(args, load_corpus(), device)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"deepseek_ext.demo: {e}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as e:  # every setup error: one line, exit code 2
+        print("deepseek_ext.demo: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     cfg = run.model.config
     print(f"deepseek_ext demo: {run.settings.preset} DeepSeek-V3 ({sum(p.numel() for p in run.model.parameters()):,} "
@@ -185,11 +228,18 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     bar = ProgressBar(run.settings.steps, run.step)
     with stop_on_sigint() as stop:
-        while not run.done and not stop:
-            loss = run.train_step()
-            bar.update(run.step, f"loss {loss:.3f}")
-            if run.step % args.checkpoint_every == 0 or run.done:
-                run.save(args.checkpoint)
+        try:
+            while not run.done and not stop:
+                loss = run.train_step()
+                bar.update(run.step, f"loss {loss:.3f}")
+                if run.step % args.checkpoint_every == 0 or run.done:
+                    run.save(args.checkpoint)
+        except NonFiniteLoss as e:
+            bar.close()
+            kept = f"the last good checkpoint {args.checkpoint} is kept" if args.checkpoint.exists() \
+                else "no checkpoint was written"
+            print(f"deepseek_ext.demo: training diverged: {e}; stopped ({kept}). Try a lower --lr.", file=sys.stderr)
+            return 1
     bar.close()
     if not run.done:
         run.save(args.checkpoint)

@@ -26,6 +26,17 @@ class Corpus:
         split = paragraph + 2 if paragraph >= 0 else split
         self.train, self.held_out = data[:split], data[split:]
 
+    def check_seq(self, seq: int) -> None:
+        """Before training: seq must fit the training text and give at least one held-out window."""
+        if not 1 <= seq <= len(self.held_out) - 1:
+            raise ValueError(f"seq must be in [1, {len(self.held_out) - 1}] (the held-out text is "
+                             f"{len(self.held_out)} bytes), got {seq}")
+
+    def check_prompt(self, length: int) -> None:
+        if not 1 <= length <= len(self.held_out):
+            raise ValueError(f"prompt length must be in [1, {len(self.held_out)}] (the held-out text's length), "
+                             f"got {length}")
+
     def batch(self, generator: torch.Generator, batch: int, seq: int) -> torch.Tensor:
         """[batch, seq + 1] windows of the training part at offsets drawn from `generator`."""
         if seq + 1 > len(self.train):
@@ -40,6 +51,5 @@ class Corpus:
 
     def prompt(self, length: int) -> torch.Tensor:
         """[1, length]: the beginning of the held-out part."""
-        if not 1 <= length <= len(self.held_out):
-            raise ValueError(f"prompt length must be in [1, {len(self.held_out)}], got {length}")
+        self.check_prompt(length)
         return self.held_out[:length].unsqueeze(0)

@@ -38,9 +38,19 @@ def check_shape(t: torch.Tensor, name: str, expected: tuple[int, ...]) -> None:
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
 
 
+def is_empty(t: torch.Tensor) -> bool:
+    """t has no elements; False while a size is symbolic (torch.compile's data-dependent sizes),
+    where the regular stride checks run."""
+    return all(isinstance(d, int) for d in t.shape) and t.numel() == 0
+
+
 def row_stride(t: torch.Tensor, name: str) -> int:
     """Row stride (elements) of t viewed as [rows, t.shape[-1]] without a copy; raises when the
-    last dim is strided, the leading dims do not collapse, or rows are not 16-byte aligned."""
+    last dim is strided, the leading dims do not collapse, or rows are not 16-byte aligned.
+    An empty tensor has no rows to read: its strides are not checked (numpy-made or broadcast
+    empties carry zero strides) and its row stride is reported as the last dim."""
+    if is_empty(t):
+        return t.shape[-1] if t.dim() >= 1 else 0
     if t.dim() >= 1 and t.shape[-1] > 1 and t.stride(-1) != 1:
         raise ValueError(f"{name} must be contiguous along its last dim (stride 1), "
                          f"got strides {t.stride()}; call .contiguous() first")
@@ -63,5 +73,30 @@ def check_aligned(t: torch.Tensor, name: str) -> None:
 
 
 def check_contiguous(t: torch.Tensor, name: str) -> None:
-    if not t.is_contiguous():
+    """Contiguity check; skipped for empty tensors (nothing is read, whatever their strides)."""
+    if not t.is_contiguous() and not is_empty(t):
         raise ValueError(f"{name} must be contiguous, got shape {tuple(t.shape)} strides {t.stride()}")
+
+
+def check_bool(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> None:
+    """value an int (not a bool) in [minimum, maximum]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+
+
+INT32_MAX = 2**31 - 1  # the kernels index rows, experts and groups with int32
+
+
+def check_size_bound(value: int, what: str, limit: int = INT32_MAX) -> None:
+    """The size bound shared by the kernel and reference paths (checked before either runs)."""
+    if value > limit:
+        raise ValueError(f"{what} must be <= {limit} (int32 indices), got {value}")

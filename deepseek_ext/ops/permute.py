@@ -11,8 +11,8 @@ import torch
 
 from deepseek_ext._backend import kernel_module, uses_kernels
 from deepseek_ext.ops import _launch
-from deepseek_ext.ops._checks import (check_aligned, check_contiguous, check_multiple, check_same_device,
-                                      check_shape, check_tensor)
+from deepseek_ext.ops._checks import (INT32_MAX, check_aligned, check_contiguous, check_multiple,
+                                      check_same_device, check_shape, check_size_bound, check_tensor)
 from deepseek_ext.ops.gemm import _check_index_range, _check_m_major_scales, _may_sync
 from deepseek_ext.reference import permute as ref
 from deepseek_ext.reference.quant import FP8_DTYPE, GROUP, ceil_div, empty_m_major_scales
@@ -21,13 +21,29 @@ _X_DTYPES = (torch.bfloat16, FP8_DTYPE)
 _Y_DTYPES = (torch.bfloat16, torch.float32)
 _INDEX_DTYPES = (torch.int64, torch.int32)
 _VECTOR_BYTES = 16  # the kernels move rows in 16-byte vectors
+# The size bounds shared by the kernel and the reference paths (checked before either runs):
+# num_experts (the reference keeps per-expert counts; far beyond any MoE) and alignment, then
+# the grouped rows (int32 row indices in m_indices / inverse_map) once the routing is known.
+MAX_EXPERTS = 2**20
+MAX_ALIGNMENT = INT32_MAX
 
 
-def _check_int(value, name: str, minimum: int) -> None:
+def _check_int(value, name: str, minimum: int, maximum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {value}")
+
+
+def _check_grouped_rows(rows: int, alignment: int) -> None:
+    check_size_bound(rows, f"permute_to_grouped's output rows (each expert's tokens padded to alignment={alignment})")
+
+
+def _reference_rows(topk_idx: torch.Tensor, alignment: int) -> int:
+    """The grouped rows of the routing, from the experts present only (O(T*k), whatever num_experts)."""
+    flat = topk_idx.reshape(-1)
+    counts = torch.unique(flat[flat >= 0], return_counts=True)[1].tolist()
+    return sum(ceil_div(c, alignment) * alignment for c in counts)
 
 
 def _check_row_bytes(t: torch.Tensor, name: str) -> None:
@@ -62,8 +78,7 @@ def _permute_kernels(x, x_scales, topk_idx, num_experts: int, alignment: int):
     if per_expert[-1]:
         _raise_bad_experts(topk_idx, num_experts)
     rows = sum(ceil_div(c, alignment) * alignment for c in per_expert[:-1])
-    if rows > torch.iinfo(torch.int32).max:
-        raise ValueError(f"permute_to_grouped: {rows} rows exceed the int32 row indices")
+    _check_grouped_rows(rows, alignment)
     scale_cols = 0 if x_scales is None else x_scales.shape[1]
     out, out_scales, m_indices = _row_outputs(x, rows, scale_cols)
     row_token = torch.empty(rows, dtype=torch.int32, device=x.device)
@@ -87,6 +102,7 @@ def _permute_to_grouped(x: torch.Tensor, x_scales: torch.Tensor, topk_idx: torch
             and num_experts <= kernel_module(x.device).PERMUTE_MAX_EXPERTS):  # beyond: the kernels' shared memory
         return _permute_kernels(x, scales, topk_idx, num_experts, alignment)
     _check_index_range(topk_idx, "topk_idx", -1, num_experts - 1, may_sync=True)
+    _check_grouped_rows(_reference_rows(topk_idx, alignment), alignment)
     out, out_scales, m_indices, inverse_map = ref.permute_to_grouped(x, scales, topk_idx, num_experts, alignment)
     if out_scales is None:
         out_scales = empty_m_major_scales((), out.shape[0], 0, x.device)
@@ -125,8 +141,8 @@ def permute_to_grouped(x: torch.Tensor, x_scales: torch.Tensor | None, topk_idx:
     check_tensor(topk_idx, "topk_idx", _INDEX_DTYPES, dim=2)
     if topk_idx.shape[0] != num_tokens:
         raise ValueError(f"topk_idx.shape[0] must equal x.shape[0]={num_tokens}, got {topk_idx.shape[0]}")
-    _check_int(num_experts, "num_experts", 1)
-    _check_int(alignment, "alignment", 1)
+    _check_int(num_experts, "num_experts", 1, MAX_EXPERTS)
+    _check_int(alignment, "alignment", 1, MAX_ALIGNMENT)
     no_scales = empty_m_major_scales((), num_tokens, 0, x.device)
     check_same_device("x", x, topk_idx=topk_idx, **({} if x_scales is None else {"x_scales": x_scales}))
     out, out_scales, m_indices, inverse_map = torch.ops.deepseek_ext.permute_to_grouped(

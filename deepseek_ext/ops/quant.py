@@ -5,7 +5,7 @@ import torch
 
 from deepseek_ext._backend import uses_kernels
 from deepseek_ext.ops import _launch
-from deepseek_ext.ops._checks import (check_aligned, check_contiguous, check_multiple, check_same_device,
+from deepseek_ext.ops._checks import (check_aligned, check_bool, check_contiguous, check_multiple, check_same_device,
                                       check_shape, check_tensor, row_stride)
 from deepseek_ext.reference import quant as ref
 from deepseek_ext.reference.quant import GROUP, FP8_DTYPE, ceil_div, empty_m_major_scales
@@ -60,6 +60,7 @@ def per_token_cast_to_fp8(x: torch.Tensor, pow2_scale: bool = False) -> tuple[to
     M-major (s.stride(-2) == 1, M padded to 4 in storage) as the FP8 GEMM reads it.
     """
     _check_activation(x, "x")
+    check_bool(pow2_scale, "pow2_scale")
     return torch.ops.deepseek_ext.per_token_cast_to_fp8(x, pow2_scale)
 
 
@@ -87,6 +88,7 @@ def swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool = False) -> tuple
     """silu(g) * u in fp32 fused with the 1x128 cast. gate_up [..., M, 2I] = cat([g, u], -1),
     bf16/fp32, I a multiple of 16. Returns q [..., M, I] and M-major s [..., M, ceil(I/128)]."""
     _check_activation(gate_up, "gate_up")
+    check_bool(pow2_scale, "pow2_scale")
     check_multiple(gate_up.shape[-1], 2 * _K_MULTIPLE, "gate_up.shape[-1] (2 x intermediate size)")
     return torch.ops.deepseek_ext.swiglu_cast_to_fp8(gate_up, pow2_scale)
 
@@ -122,6 +124,7 @@ def per_block_cast_to_fp8(w: torch.Tensor, pow2_scale: bool = False) -> tuple[to
     """128x128 block FP8 cast. w [..., N, K] bf16/fp32, K a multiple of 16. Returns q [..., N, K]
     float8_e4m3fn and s [..., ceil(N/128), ceil(K/128)] fp32, contiguous (w ~= q * s per block)."""
     _check_activation(w, "w")
+    check_bool(pow2_scale, "pow2_scale")
     return torch.ops.deepseek_ext.per_block_cast_to_fp8(w, pow2_scale)
 
 
@@ -158,6 +161,7 @@ def per_token_cast_to_fp8_with_transpose(x: torch.Tensor, pow2_scale: bool = Fal
     """One read of x [M, K] (bf16/fp32, M and K multiples of 16) gives (q, s) = 1x128 along K and
     (qt [K, M], st [K, ceil(M/128)]) = x^T quantized 1x128 along M; s and st M-major."""
     _check_activation(x, "x")
+    check_bool(pow2_scale, "pow2_scale")
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D [M, K], got shape {tuple(x.shape)}")
     check_multiple(x.shape[0], _K_MULTIPLE, "x.shape[0] (M: rows of the transposed copy)")
@@ -210,6 +214,8 @@ def transpose_block_fp8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor,
 
 def _scale_batch_stride(s: torch.Tensor) -> int:
     """Stride between the [rows, groups] scale matrices of s's collapsed leading dims."""
+    if s.numel() == 0:
+        return 0
     for i in range(s.dim() - 3):
         if s.shape[i] > 1 and s.stride(i) != s.stride(i + 1) * s.shape[i + 1]:
             raise ValueError(f"s's leading dims must be collapsible, got shape {tuple(s.shape)} "
@@ -247,11 +253,13 @@ def dequantize(q: torch.Tensor, s: torch.Tensor, block: tuple[int, int] | None =
     check_tensor(s, "s", (torch.float32,), dim=q.dim())
     check_multiple(q.shape[-1], _K_MULTIPLE, "q.shape[-1]")
     check_contiguous(q, "q")
-    if out_dtype not in _DEQUANT_OUTPUTS:
+    if not isinstance(out_dtype, torch.dtype) or out_dtype not in _DEQUANT_OUTPUTS:
         raise TypeError(f"out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
     m, k = q.shape[-2:]
     if block is None:
         block = _BLOCKS[0] if s.shape[-2] == m else _BLOCKS[1]
+    if not isinstance(block, (tuple, list)):
+        raise TypeError(f"block must be a tuple (1, 128) or (128, 128), got {type(block).__name__}")
     block = tuple(block)
     if block not in _BLOCKS:
         raise ValueError(f"block must be (1, 128) or (128, 128), got {block}")

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from deepseek_ext.pipeline.agreement import check_agreement, check_routes, describe_tensors, gather_descriptors
 from deepseek_ext.pipeline.comm import PeerLink
 from deepseek_ext.pipeline.schedule import BACKWARD, FORWARD, Pass, Schedule
 from deepseek_ext.pipeline.weight_grad_store import WeightGradStore
@@ -21,6 +22,13 @@ def _as_tuple(x) -> tuple:
 
 def _floating(tensors: tuple) -> tuple[torch.Tensor, ...]:
     return tuple(t for t in tensors if torch.is_tensor(t) and t.is_floating_point())
+
+
+def _check_same_batch(tensors: tuple, batch: int, name: str, dim: int) -> None:
+    for i, t in enumerate(tensors):
+        if t.shape[dim] != batch:
+            raise ValueError(f"{name}[{i}]: batch {t.shape[dim]} along batch_dim={dim} != {batch}, "
+                             f"the batch of inputs[0]")
 
 
 def split_chunks(tensors: tuple, num_chunks: int, dim: int, name: str) -> list[tuple]:
@@ -90,25 +98,48 @@ class TwoStagePipeline(nn.Module):
         (None without criterion), outputs = the last stage's outputs concatenated along batch_dim
         (None unless return_outputs); ``(None, None)`` on the other ranks.
         """
-        if not isinstance(num_chunks, int) or isinstance(num_chunks, bool):
-            raise TypeError(f"num_chunks: expected an int, got {type(num_chunks).__name__}")
-        self.check_config(self.num_ranks, num_chunks)
         training = torch.is_grad_enabled()
-        if training and criterion is None:
-            raise ValueError("criterion: required when grad is enabled (the backward starts from the loss)")
-        if not isinstance(labels, (tuple, list)):
-            raise TypeError(f"labels: expected a tuple of tensors, got {type(labels).__name__}")
-        schedule = self.build_schedule(self.num_ranks, num_chunks)
+        schedule, error, chunk_inputs, chunk_labels = None, None, {}, {}
+        given_inputs = given_labels = None
+        try:  # this rank's own checks; their error is shared with the other ranks before raising
+            if not isinstance(num_chunks, int) or isinstance(num_chunks, bool):
+                raise TypeError(f"num_chunks: expected an int, got {type(num_chunks).__name__}")
+            self.check_config(self.num_ranks, num_chunks)
+            if training and criterion is None:
+                raise ValueError("criterion: required when grad is enabled (the backward starts from the loss)")
+            if not isinstance(labels, (tuple, list)):
+                raise TypeError(f"labels: expected a tuple of tensors, got {type(labels).__name__}")
+            schedule = self.build_schedule(self.num_ranks, num_chunks)
+            for route, positions in enumerate(schedule.routes):
+                if positions[0][0] == self.rank:
+                    if not inputs:
+                        raise ValueError(f"inputs: rank {self.rank} starts a route of {self.pipeline_name} "
+                                         "and needs inputs")
+                    chunk_inputs[route] = split_chunks(inputs, schedule.chunks_per_route, self.batch_dim, "inputs")
+                    _check_same_batch(inputs, inputs[0].shape[self.batch_dim], "inputs", self.batch_dim)
+                    given_inputs = describe_tensors(inputs, self.batch_dim)
+                if positions[-1][0] == self.rank and criterion is not None:
+                    chunk_labels[route] = split_chunks(tuple(labels), schedule.chunks_per_route, self.batch_dim,
+                                                       "labels")
+                    given_labels = describe_tensors(labels, self.batch_dim)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            error = exc
+        if self.num_ranks == 1 and error is not None:
+            raise error  # nobody to tell: the original exception as it was
+        descriptor = {"ok": error is None, "error": None if error is None else f"{error}",
+                      "num_chunks": num_chunks if isinstance(num_chunks, int) else repr(num_chunks),
+                      "batch_dim": self.batch_dim, "training": training,
+                      "inputs": given_inputs, "labels": given_labels}
+        descriptors = gather_descriptors(descriptor, self.group, self.num_ranks, self._device())
+        problem = check_agreement(descriptors, self.pipeline_name)
+        if problem is None:  # every rank passed its checks with the same num_chunks: schedule is set
+            problem = check_routes(descriptors, schedule.routes, self.pipeline_name)
+        if problem is not None:
+            raise ValueError(problem) from error
         if not training:
             schedule = schedule.forward_only()
         run = _StepRun(self, schedule, criterion, return_outputs)
-        for route, positions in enumerate(schedule.routes):
-            if positions[0][0] == self.rank:
-                if not inputs:
-                    raise ValueError(f"inputs: rank {self.rank} starts a route of {self.pipeline_name} and needs inputs")
-                run.chunk_inputs[route] = split_chunks(inputs, schedule.chunks_per_route, self.batch_dim, "inputs")
-            if positions[-1][0] == self.rank and criterion is not None:
-                run.chunk_labels[route] = split_chunks(tuple(labels), schedule.chunks_per_route, self.batch_dim, "labels")
+        run.chunk_inputs, run.chunk_labels = chunk_inputs, chunk_labels
         return run.execute()
 
 
