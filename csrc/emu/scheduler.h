@@ -1,6 +1,7 @@
-// The emulator's execution model: every CUDA thread of a launch is a fiber on the launching OS
-// thread, switched cooperatively at blocking points (barriers, warp collectives, mbarrier and
-// flag polls, wgmma and bulk-copy waits). State shared by scheduler.cpp and async_units.cpp.
+// The emulator's execution model: every CUDA thread of a launch is a fiber on its block's OS
+// thread (one block runs at a time), switched cooperatively at blocking points (barriers, warp
+// collectives, mbarrier and flag polls, wgmma and bulk-copy waits). State shared by
+// scheduler.cpp and async_units.cpp.
 #pragma once
 #include <csetjmp>
 #include <cstdint>

@@ -49,37 +49,6 @@ DX_HOST_DEVICE BlockTileOrigin block_tile_origin(uint32_t tile, const FastDiviso
           static_cast<int32_t>(batch)};
 }
 
-// max |x| over this thread's chunks (NaN wins), in four independent chains: bf16 pairs compared
-// packed (magnitude max, sign bit masked at the end), fp32 one by one.
-template <int kLoads>
-__device__ __forceinline__ float chunks_abs_max(const __nv_bfloat16*, const uint4 (&raw)[kLoads]) {
-  uint32_t acc[4] = {raw[0].x, raw[0].y, raw[0].z, raw[0].w};
-#pragma unroll
-  for (int u = 1; u < kLoads; ++u) {
-    acc[0] = ptx::max_nan_xorsign_abs_bf16x2(acc[0], raw[u].x);
-    acc[1] = ptx::max_nan_xorsign_abs_bf16x2(acc[1], raw[u].y);
-    acc[2] = ptx::max_nan_xorsign_abs_bf16x2(acc[2], raw[u].z);
-    acc[3] = ptx::max_nan_xorsign_abs_bf16x2(acc[3], raw[u].w);
-  }
-  const uint32_t pair = ptx::max_nan_xorsign_abs_bf16x2(ptx::max_nan_xorsign_abs_bf16x2(acc[0], acc[1]),
-                                                        ptx::max_nan_xorsign_abs_bf16x2(acc[2], acc[3])) &
-                        0x7fff7fffu;
-  return ptx::max_nan(__uint_as_float(pair << 16), __uint_as_float(pair & 0xffff0000u));
-}
-
-template <int kLoads>
-__device__ __forceinline__ float chunks_abs_max(const float*, const uint4 (&raw)[kLoads]) {
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-  for (int u = 0; u < kLoads; ++u) {
-    acc[0] = ptx::max_nan(acc[0], fabsf(__uint_as_float(raw[u].x)));
-    acc[1] = ptx::max_nan(acc[1], fabsf(__uint_as_float(raw[u].y)));
-    acc[2] = ptx::max_nan(acc[2], fabsf(__uint_as_float(raw[u].z)));
-    acc[3] = ptx::max_nan(acc[3], fabsf(__uint_as_float(raw[u].w)));
-  }
-  return ptx::max_nan(ptx::max_nan(acc[0], acc[1]), ptx::max_nan(acc[2], acc[3]));
-}
-
 // Quantizes this thread's chunks (the tile_load mapping) into the staged e4m3 tile.
 template <typename T, int kLoads>
 __device__ __forceinline__ void quantize_chunks(const uint4 (&raw)[kLoads], const GroupScale& g, uint8_t* out) {

@@ -36,31 +36,6 @@ constexpr int token_steps() {
   return kTokenLaneBytes / (kTokenLaneElems * Loader::kInputBytes);
 }
 
-// max |x| over a lane's N vectors (NaN wins): bf16 pairs compared packed in the raw words
-// (magnitude max, sign bit masked at the end), fp32 values one by one.
-template <int N>
-__device__ __forceinline__ float vectors_abs_max(const __nv_bfloat16*, const uint4 (&raw)[N], const float (&)[N][8]) {
-  uint32_t acc[4] = {raw[0].x, raw[0].y, raw[0].z, raw[0].w};
-#pragma unroll
-  for (int j = 1; j < N; ++j) {
-    acc[0] = ptx::max_nan_xorsign_abs_bf16x2(acc[0], raw[j].x);
-    acc[1] = ptx::max_nan_xorsign_abs_bf16x2(acc[1], raw[j].y);
-    acc[2] = ptx::max_nan_xorsign_abs_bf16x2(acc[2], raw[j].z);
-    acc[3] = ptx::max_nan_xorsign_abs_bf16x2(acc[3], raw[j].w);
-  }
-  const uint32_t pair = ptx::max_nan_xorsign_abs_bf16x2(ptx::max_nan_xorsign_abs_bf16x2(acc[0], acc[1]),
-                                                        ptx::max_nan_xorsign_abs_bf16x2(acc[2], acc[3])) &
-                        0x7fff7fffu;
-  return ptx::max_nan(__uint_as_float(pair << 16), __uint_as_float(pair & 0xffff0000u));
-}
-template <int N>
-__device__ __forceinline__ float vectors_abs_max(const float*, const uint4 (&)[N], const float (&v)[N][4]) {
-  float amax = 0.0f;
-#pragma unroll
-  for (int j = 0; j < N; ++j) amax = abs_max(v[j], amax);
-  return amax;
-}
-
 // Reads x[row, col ...] as fp32 in 16-byte vectors; a cursor points at a row position, fetch()
 // issues the load at a compile-time offset from it (zeros where !ok) and widen() turns a lane's
 // share of a group into fp32 and its amax (split so that all loads are issued before any math).
@@ -80,7 +55,7 @@ struct RowLoader {
   __device__ __forceinline__ float widen(const Raw (&raw)[N], float (&v)[N][kElems]) const {
 #pragma unroll
     for (int j = 0; j < N; ++j) unpack_to_float(x, raw[j], v[j]);
-    return vectors_abs_max(x, raw, v);
+    return chunks_abs_max(x, raw);
   }
 };
 
