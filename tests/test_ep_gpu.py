@@ -70,12 +70,24 @@ def wait(event, device):
         assert event is None
 
 
-def check_ipc_case(ipc, torch_buffer, rank, num_ranks, spec, fp8, alignment, device):
+def activations(xs, kind):
+    """bf16 inputs as the dtype under test: fp32 with full mantissas, or the FP8 cast."""
+    if kind == "fp8":
+        return [per_token_cast_to_fp8(x) for x in xs]
+    if kind == "fp32":
+        gen = torch.Generator().manual_seed(len(xs))
+        return [x.float() + 1e-3 * torch.randn(x.shape, generator=gen) for x in xs]
+    return xs
+
+
+def check_ipc_case(ipc, torch_buffer, rank, num_ranks, spec, kind, alignment, device):
+    """One dispatch (and combine) through the ipc kernels == the reference == the torch backend, bitwise."""
     xs, idxs, ws = all_ranks(spec["tokens"], spec["num_experts"], spec["topk"], spec.get("skew", False))
-    inputs = [per_token_cast_to_fp8(x) for x in xs] if fp8 else xs
+    inputs, fp8 = activations(xs, kind), kind == "fp8"
     want = ref.dispatch(inputs, idxs, ws, spec["num_experts"], expert_alignment=alignment)
     got = ipc.dispatch(on_device(inputs[rank], device), idxs[rank].to(device), ws[rank].to(device),
                        expert_alignment=alignment)
+    assert got.x.dtype == want[rank].x.dtype
     assert_same_result(to_cpu(got), want[rank], fp8)
     via_torch = torch_buffer.dispatch(inputs[rank], idxs[rank], ws[rank], expert_alignment=alignment)
     assert_same_result(to_cpu(got), via_torch, fp8)
@@ -119,9 +131,9 @@ def ipc_worker(rank, num_ranks, init_file, device):
         assert dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, backend="auto").backend == "ipc"
         via_torch = dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, backend="torch")
         for spec in cases(num_ranks).values():
-            for fp8 in (False, True):
+            for kind in ("bf16", "fp32", "fp8"):
                 for alignment in (1, 128):
-                    check_ipc_case(ipc, via_torch, rank, num_ranks, spec, fp8, alignment, device)
+                    check_ipc_case(ipc, via_torch, rank, num_ranks, spec, kind, alignment, device)
         worst = dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, num_sms=4, backend="ipc", worst_case=True,
                              timeout_s=20)
         check_worst_case_and_async(worst, rank, num_ranks, cases(num_ranks)["random"], device)

@@ -74,7 +74,7 @@ def region_layout(kernels, num_ranks: int, max_tokens: int, hidden: int, num_exp
     layout.arrivals, layout.barrier_epoch, layout.grid_base = 0, 256, 264
     layout.grid_arrivals, layout.error = 272, 280
     layout.count_cols = 2 + num_experts // num_ranks
-    layout.x_row_bytes = _align(2 * hidden, 16)  # bf16 rows; FP8 rows use the first half
+    layout.x_row_bytes = _align(4 * hidden, 16)  # fp32 rows; bf16 and FP8 rows use the front
     layout.scale_cols = _align(ceil_div(hidden, GROUP), 4)
     layout.max_tokens = max_tokens
     rows = num_ranks * max_tokens
@@ -199,7 +199,7 @@ class IpcEngine:
                        row_weight=torch.empty(num_rows, dtype=torch.float32, device=dev),
                        token_rows=torch.empty(num_recv, topk, dtype=torch.int32, device=dev))
         p.topk, p.alignment, p.cap_tokens, p.cap_rows = topk, alignment, num_recv, num_rows
-        p.x_bytes = self.hidden * (1 if fp8 else 2)
+        p.x_bytes = self.hidden * dtype.itemsize
         p.scale_groups = ceil_div(self.hidden, GROUP) if fp8 else 0
         p.out_x = out["x"].data_ptr()
         if fp8:
