@@ -5,8 +5,12 @@ Tokens travel once to each rank holding one of their experts, in FP8 with power-
 the single-process path); each rank sums its experts' weighted outputs per received token and
 combine adds the ranks' bf16 partials. Backward: the dispatch's gradient goes back through
 combine (bf16), the received routing weights' gradient through the Buffer's weight return path.
+The layer (moe.py) imports this module and hands in its local expert computation; nothing here
+imports the layer.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -34,11 +38,14 @@ class _FP8Dispatch(torch.autograd.Function):
         return None, grad_in, grad_w_in.to(ctx.w_dtype), None, None
 
 
+LocalExperts = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def ep_routed_experts(buffer, x: torch.Tensor, topk_idx: torch.Tensor, topk_weights: torch.Tensor,
-                      w13: torch.Tensor, w2: torch.Tensor, fp8: bool) -> torch.Tensor:
+                      local_experts: LocalExperts, fp8: bool) -> torch.Tensor:
     """This rank's tokens x [T, H] with global routing -> [T, H] bf16, the sum over all ranks'
-    experts. w13/w2 hold this rank's experts only."""
-    from deepseek_ext.nn.moe import routed_experts  # moe imports this module lazily
+    experts. local_experts(x_recv, local topk_idx, topk_weights) -> [N, H] is the weighted sum of
+    this rank's experts per received token."""
     if fp8:
         received: list = []
         x_recv, w_recv = _FP8Dispatch.apply(buffer, x, topk_weights, topk_idx, received)
@@ -46,5 +53,5 @@ def ep_routed_experts(buffer, x: torch.Tensor, topk_idx: torch.Tensor, topk_weig
     else:
         result = buffer.dispatch(x.to(torch.bfloat16), topk_idx, topk_weights)
         x_recv, w_recv, idx_recv, handle = result.x, result.topk_weights, result.topk_idx, result.handle
-    partial = routed_experts(x_recv, idx_recv, w_recv, w13, w2, fp8)
+    partial = local_experts(x_recv, idx_recv, w_recv)
     return buffer.combine(partial.to(torch.bfloat16), handle)

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import deepseek_ext.gemm as gemm
+from deepseek_ext.ep import Buffer
+from deepseek_ext.nn.ep_experts import ep_routed_experts
 from deepseek_ext.nn.experts import experts_forward
 from deepseek_ext.nn.gate import MoEGate
 from deepseek_ext.nn.grouped_layout import grouped_layout
@@ -82,19 +84,20 @@ class DeepSeekMoE(nn.Module):
         if self.ep_group is None:
             routed = routed_experts(flat, routing.topk_idx, routing.topk_weights, self.w13, self.w2, self.fp8)
         else:
-            from deepseek_ext.nn.ep_experts import ep_routed_experts
-            routed = ep_routed_experts(self._ep_buffer(flat.shape[0]), flat, routing.topk_idx,
-                                       routing.topk_weights, self.w13, self.w2, self.fp8)
+            routed = ep_routed_experts(self._ep_buffer(flat.shape[0]), flat, routing.topk_idx, routing.topk_weights,
+                                       self._local_experts, self.fp8)
         out_dtype = torch.bfloat16 if self.fp8 else x.dtype
         out = routed.to(out_dtype)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat).to(out_dtype)
         return out.reshape(*x.shape[:-1], self.hidden)
 
-    def _ep_buffer(self, tokens: int):
+    def _local_experts(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+        return routed_experts(x, topk_idx, topk_weights, self.w13, self.w2, self.fp8)
+
+    def _ep_buffer(self, tokens: int) -> Buffer:
         if tokens > self.max_tokens_per_rank:
             raise ValueError(f"{tokens} tokens on this rank exceed max_tokens_per_rank={self.max_tokens_per_rank}")
         if self._buffer is None:  # created on first use, by every rank of the group together
-            import deepseek_ext.ep as ep
-            self._buffer = ep.Buffer(self.ep_group, self.hidden, self.num_experts, self.max_tokens_per_rank)
+            self._buffer = Buffer(self.ep_group, self.hidden, self.num_experts, self.max_tokens_per_rank)
         return self._buffer
