@@ -137,7 +137,8 @@ def ipc_worker(rank, num_ranks, init_file, device):
         worst = dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, num_sms=4, backend="ipc", worst_case=True,
                              timeout_s=20)
         check_worst_case_and_async(worst, rank, num_ranks, cases(num_ranks)["random"], device)
-        dist.barrier()
+        for buffer in (ipc, worst, via_torch):
+            buffer.destroy()
     finally:
         dist.destroy_process_group()
 
@@ -151,18 +152,22 @@ def timeout_worker(rank, num_ranks, init_file, device):
     init_rank(rank, num_ranks, init_file, device)
     absent = num_ranks - 1  # never dispatches; every other rank times out waiting for it
     try:
-        buffer = dx.ep.Buffer(None, HIDDEN, 8, MAX_TOKENS, num_sms=2, backend="ipc", timeout_s=1.0)
+        buffer = dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, num_sms=2, backend="ipc", timeout_s=1.0)
+        xs, idxs, ws = all_ranks([9 + r for r in range(num_ranks)], 4 * num_ranks, 2)
+        x, idx, w = xs[rank].to(device), idxs[rank].to(device), ws[rank].to(device)
         if rank != absent:
-            x = torch.randn(4, HIDDEN, device=device).bfloat16()
-            idx = torch.tensor([[0, 5]] * 4, device=device)
             start = time.monotonic()
             with pytest.raises(RuntimeError, match=f"rank {rank} timed out after 1 s in the dispatch start barrier "
                                                    f"waiting for rank {absent}"):
-                buffer.dispatch(x, idx, torch.rand(4, 2, device=device))
+                buffer.dispatch(x, idx, w)
             assert time.monotonic() - start < 5
-            with pytest.raises(RuntimeError, match="this Buffer is unusable now"):
-                buffer.dispatch(x, idx, torch.rand(4, 2, device=device))
-        dist.barrier()
+            for call in (lambda: buffer.dispatch(x, idx, w), buffer.check_errors):  # sticky until reset()
+                with pytest.raises(RuntimeError, match=f"rank {rank} timed out .* raises until reset"):
+                    call()
+        buffer.reset()  # collective: every rank, the absent one too
+        want = ref.dispatch(xs, idxs, ws, 4 * num_ranks)[rank]
+        assert_same_result(to_cpu(buffer.dispatch(x, idx, w)), want, False)
+        buffer.destroy()
     finally:
         dist.destroy_process_group()
 

@@ -2,9 +2,11 @@
 // from Python (addresses as ints), and the CUDA IPC helpers return (value, error string).
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "bind/common.h"
 #include "launch/ep.h"
@@ -23,12 +25,19 @@ void pointer_field(py::class_<Struct>& cls, const char* name, T* Struct::*field)
       [field](Struct& s, uintptr_t address) { s.*field = reinterpret_cast<T*>(address); });
 }
 
-// Both parameter structs carry the peer tables: two device arrays of region addresses.
+// Both parameter structs carry the peer tables (two device arrays of region addresses) and the
+// operation header (a list of ep::kHeaderWords ints).
 template <typename Struct>
 void peers_setter(py::class_<Struct>& cls) {
   cls.def("set_peers", [](Struct& s, uintptr_t data, uintptr_t signal) {
     s.peers = {ptr<const uint64_t>(data), ptr<const uint64_t>(signal)};
   });
+  cls.def_property(
+      "header", [](const Struct& s) { return std::vector<int64_t>(s.header, s.header + ep::kHeaderWords); },
+      [](Struct& s, const std::vector<int64_t>& words) {
+        if (words.size() != ep::kHeaderWords) throw py::value_error("header must have EP_HEADER_WORDS ints");
+        std::copy(words.begin(), words.end(), s.header);
+      });
 }
 
 void register_layouts(py::module_& m) {
@@ -37,12 +46,14 @@ void register_layouts(py::module_& m) {
   cls.def(py::init<>());
 #define DX_FIELD(name) cls.def_readwrite(#name, &L::name)
   DX_FIELD(arrivals); DX_FIELD(barrier_epoch); DX_FIELD(grid_base); DX_FIELD(grid_arrivals); DX_FIELD(error);
+  DX_FIELD(headers);
   DX_FIELD(counts); DX_FIELD(recv_x); DX_FIELD(recv_scales); DX_FIELD(recv_meta); DX_FIELD(combine);
   DX_FIELD(count_cols); DX_FIELD(x_row_bytes); DX_FIELD(scale_cols); DX_FIELD(max_tokens);
 #undef DX_FIELD
   m.attr("EP_META_INTS") = ep::kMetaInts;
   m.attr("EP_MAX_RANKS") = ep::kMaxRanks;
   m.attr("EP_MAX_TOPK") = ep::kMaxTopk;
+  m.attr("EP_HEADER_WORDS") = ep::kHeaderWords;
 }
 
 void register_dispatch_params(py::module_& m) {

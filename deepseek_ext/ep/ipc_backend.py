@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from deepseek_ext._backend import backend, kernel_module
+from deepseek_ext.ep.agreement import DeviceFailure, Diverged, OpHeader, agree_on_config, check_headers, headers_from
 from deepseek_ext.ep.types import DispatchResult, Handle, Layout
 from deepseek_ext.ops import ep as ops
 from deepseek_ext.reference import ep as ref
@@ -29,6 +30,7 @@ from deepseek_ext.reference.quant import GROUP, ceil_div, empty_m_major_scales
 _CTRL_BYTES = 512  # arrival slots (8 bytes x up to 32 ranks), then the local words
 _PHASES = {1: "dispatch start barrier", 2: "dispatch end barrier", 3: "combine start barrier",
            4: "combine end barrier", 5: "grid barrier"}
+_DIVERGED = 7
 
 
 def _align(n: int, a: int) -> int:
@@ -79,7 +81,8 @@ def region_layout(kernels, num_ranks: int, max_tokens: int, hidden: int, num_exp
     layout.max_tokens = max_tokens
     rows = num_ranks * max_tokens
     offset = _CTRL_BYTES
-    for name, nbytes in (("counts", num_ranks * layout.count_cols * 4), ("recv_x", rows * layout.x_row_bytes),
+    for name, nbytes in (("headers", 2 * num_ranks * kernels.EP_HEADER_WORDS * 8),
+                         ("counts", num_ranks * layout.count_cols * 4), ("recv_x", rows * layout.x_row_bytes),
                          ("recv_scales", rows * layout.scale_cols * 4), ("recv_meta", rows * kernels.EP_META_INTS * 4),
                          ("combine", rows * hidden * 2)):
         setattr(layout, name, offset)
@@ -89,7 +92,7 @@ def region_layout(kernels, num_ranks: int, max_tokens: int, hidden: int, num_exp
 
 class IpcEngine:
     def __init__(self, rank, num_ranks, hidden, num_experts, max_tokens, num_sms, timeout_s, device,
-                 data_bases, signal_bases, owned, opened):
+                 data_bases, signal_bases, owned, opened, group):
         self.kernels = kernel_module(device)
         if num_ranks > self.kernels.EP_MAX_RANKS:
             raise ValueError(f"the ipc backend supports at most {self.kernels.EP_MAX_RANKS} ranks, got {num_ranks}")
@@ -102,11 +105,11 @@ class IpcEngine:
         self.layout, self.region_bytes = region_layout(self.kernels, num_ranks, max_tokens, hidden, num_experts)
         self.bases = data_bases
         self.peer_table = torch.tensor([data_bases, signal_bases], dtype=torch.int64, device=device)
-        self._owned, self._opened = owned, opened
+        self._owned, self._opened, self.group = owned, opened, group
         self.region = _wrap(data_bases[rank], self.region_bytes, device)
         self.error_word = self.region[self.layout.error:self.layout.error + 8].view(torch.int64)
+        self.epoch_word = self.region[self.layout.barrier_epoch:self.layout.barrier_epoch + 8].view(torch.int64)
         self.input_error = torch.zeros(1, dtype=torch.int64, device=device)  # the layout kernel's bad ids
-        self.failure: str | None = None
 
     @classmethod
     def create(cls, group, hidden, num_experts, max_tokens, num_sms, timeout_s) -> "IpcEngine":
@@ -114,6 +117,7 @@ class IpcEngine:
         device = engine_device()
         kernels = kernel_module(device)
         _, nbytes = region_layout(kernels, num_ranks, max_tokens, hidden, num_experts)
+        agree_on_config(group, {"region bytes": nbytes})
         local = _checked(kernels.ep_alloc(nbytes))
         handles = [None] * num_ranks
         dist.all_gather_object(handles, _checked(kernels.ep_ipc_handle(local)), group=group)
@@ -126,7 +130,7 @@ class IpcEngine:
                 opened.append(bases[-1])
         dist.barrier(group=group)  # every rank holds every region before any kernel writes to one
         return cls(rank, num_ranks, hidden, num_experts, max_tokens, num_sms, timeout_s, device,
-                   bases, bases, [local], opened)
+                   bases, bases, [local], opened, group)
 
     @classmethod
     def loopback(cls, hidden, num_experts, num_ranks, max_tokens, num_sms, timeout_s) -> "IpcEngine":
@@ -137,24 +141,46 @@ class IpcEngine:
         _, nbytes = region_layout(kernels, num_ranks, max_tokens, hidden, num_experts)
         bases = [_checked(kernels.ep_alloc(nbytes)) for _ in range(num_ranks)]
         return cls(0, num_ranks, hidden, num_experts, max_tokens, num_sms, timeout_s, device,
-                   bases, [bases[0]] * num_ranks, bases, [])
+                   bases, [bases[0]] * num_ranks, bases, [], None)
 
-    def __del__(self):
-        if not (getattr(self, "_owned", None) or getattr(self, "_opened", None)):
-            return
-        _synchronize(self.device)  # no kernel may still write into what is freed
-        for address in getattr(self, "_opened", []):
-            self.kernels.ep_ipc_close(address)
-        for address in getattr(self, "_owned", []):
-            self.kernels.ep_free(address)
+    @property
+    def holds_memory(self) -> bool:
+        return bool(self._owned or self._opened)
+
+    def destroy(self) -> None:
+        """Collective (loopback: local): no kernel runs on any rank, every rank closes the regions
+        it opened, and only then frees its own (which peers held open until then)."""
+        _synchronize(self.device)
+        if self.group is not None:
+            dist.barrier(group=self.group)
+        for address in self._opened:
+            _checked((0, self.kernels.ep_ipc_close(address)))
+        if self.group is not None:
+            dist.barrier(group=self.group)
+        for address in self._owned:
+            _checked((0, self.kernels.ep_free(address)))
+        self._owned, self._opened = [], []
+
+    def reset(self) -> None:
+        """Collective: every rank's control words (barrier counters, headers, error word) back to
+        zero once no kernel runs anywhere, so the next operation starts as the first one did."""
+        _synchronize(self.device)
+        if self.group is not None:
+            dist.barrier(group=self.group)
+        for base in self.bases if self.group is None else [self.bases[self.rank]]:
+            _wrap(base, self.layout.counts, self.device).zero_()
+        self.input_error.zero_()
+        _synchronize(self.device)
+        if self.group is not None:
+            dist.barrier(group=self.group)
 
     # --- errors ----------------------------------------------------------------------------
 
     def raise_if_failed(self) -> None:
-        """Reads the error word (the caller synchronized) and raises RuntimeError naming the
-        rank and the phase that stalled; a timed-out Buffer stays unusable."""
-        if self.failure is not None:
-            raise RuntimeError(self.failure)
+        """Reads the error word (the caller synchronized) and raises: RuntimeError for a rejected
+        expert id, DeviceFailure naming the rank and phase that stalled, the agreement's ValueError
+        when the ranks' operation headers differed (only a peer's rejected inputs: the operation
+        ran nowhere, the error word is cleared)."""
         bad_id = int(self.input_error.item())
         if bad_id:
             self.input_error.zero_()
@@ -166,13 +192,27 @@ class IpcEngine:
         if not code:
             return
         phase, detail = code >> 32, code & 0xFFFFFFFF
+        if phase == _DIVERGED:
+            self._raise_diverged()
         if phase == 5:
             waited = "its own blocks (all num_sms blocks must be resident)"
         else:
             waited = f"rank {detail - 1}" if detail else "a rank"
-        self.failure = (f"deepseek_ext ep: rank {self.rank} timed out after {self.timeout_ns / 1e9:g} s in the "
-                        f"{_PHASES.get(phase, f'phase {phase}')} waiting for {waited}; this Buffer is unusable now")
-        raise RuntimeError(self.failure)
+        raise DeviceFailure(f"deepseek_ext ep: rank {self.rank} timed out after {self.timeout_ns / 1e9:g} s in the "
+                            f"{_PHASES.get(phase, f'phase {phase}')} waiting for {waited}")
+
+    def _raise_diverged(self) -> None:
+        words = self.kernels.EP_HEADER_WORDS
+        slot = int(self.epoch_word.item()) % 2
+        start = self.layout.headers + slot * self.num_ranks * words * 8
+        table = self.region[start:start + self.num_ranks * words * 8].view(torch.int64).view(self.num_ranks, words)
+        try:
+            check_headers(headers_from(table))
+        except Diverged:
+            raise
+        except ValueError:  # a rank rejected its inputs: nothing ran anywhere
+            self.error_word.zero_()
+            raise
 
     # --- dispatch --------------------------------------------------------------------------
 
@@ -254,15 +294,27 @@ class IpcEngine:
         return DispatchResult(out["x"], out["scales"], local_idx, out["topk_weights"], counts, handle,
                               m_indices=out.get("m_indices"))
 
+    def reject(self, header: OpHeader) -> None:
+        """Takes part in the operation's first exchange with an invalid header (nothing else)."""
+        p = self._params(self.rank, self.bases[self.rank])
+        p.num_tokens, p.start_barrier, p.push_counts, p.push_data = 0, True, False, False
+        p.header = _words(header, self.kernels)
+        self._outputs(p, 0, 0, 0, torch.bfloat16, False, 1)
+        empty = torch.zeros(self.local_experts + 2, dtype=torch.int64, device=self.device)
+        p.num_recv, p.tokens_per_local_expert = empty.data_ptr(), empty[2:].data_ptr()
+        self._launch_dispatch(p)
+        _synchronize(self.device)
+        if (int(self.error_word.item()) >> 32) in (0, _DIVERGED):  # every header differs from ours
+            self.error_word.zero_()
+
     def dispatch(self, x, scales, topk_idx, topk_weights, layout: Layout, alignment: int,
-                 worst_case: bool) -> DispatchResult:
-        if self.failure is not None:
-            raise RuntimeError(self.failure)
+                 worst_case: bool, header: OpHeader) -> DispatchResult:
         x = _rows_16b(x)
         idx = topk_idx.to(torch.int64).contiguous()
         weights = topk_weights.to(torch.float32).contiguous()
         p = self._params(self.rank, self.bases[self.rank])
         p.num_tokens, p.start_barrier, p.push_counts, p.push_data = x.shape[0], True, True, True
+        p.header = _words(header, self.kernels)
         p.x, p.ld_x_bytes = x.data_ptr(), (x.stride(0) if x.shape[0] > 1 else x.shape[1]) * x.element_size()
         if scales is not None:
             if scales.shape[0] > 1 and scales.stride(0) != 1:
@@ -292,9 +344,7 @@ class IpcEngine:
 
     # --- combine ---------------------------------------------------------------------------
 
-    def combine(self, y: torch.Tensor, handle: Handle) -> torch.Tensor:
-        if self.failure is not None:
-            raise RuntimeError(self.failure)
+    def combine(self, y: torch.Tensor, handle: Handle, header: OpHeader) -> torch.Tensor:
         y = y.contiguous()
         in_rank = handle.is_token_in_rank.contiguous()
         out = torch.empty(in_rank.shape[0], self.hidden, dtype=torch.bfloat16, device=self.device)
@@ -302,6 +352,7 @@ class IpcEngine:
         p.rank, p.num_ranks, p.hidden, p.num_tokens = self.rank, self.num_ranks, self.hidden, in_rank.shape[0]
         p.timeout_ns, p.layout, p.local = self.timeout_ns, self.layout, self.bases[self.rank]
         p.set_peers(self.peer_table[0].data_ptr(), self.peer_table[1].data_ptr())
+        p.header = _words(header, self.kernels)
         p.y, p.y_is_fp32, p.out = y.data_ptr(), y.dtype == torch.float32, out.data_ptr()
         p.num_recv, p.src_rank, p.src_token = handle.num_recv.data_ptr(), handle.src_rank.data_ptr(), handle.src_token.data_ptr()
         p.is_token_in_rank = in_rank.data_ptr()
@@ -310,6 +361,10 @@ class IpcEngine:
             p.token_rows, p.row_weight = handle.token_rows.data_ptr(), handle.row_weight.data_ptr()
         ops.launch_combine([p, self.num_sms], self.device)
         return out
+
+
+def _words(header: OpHeader, kernels) -> list[int]:
+    return header.words() + [0] * (kernels.EP_HEADER_WORDS - OpHeader.WORDS)
 
 
 def _rows_16b(x: torch.Tensor) -> torch.Tensor:

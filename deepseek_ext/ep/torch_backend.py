@@ -8,6 +8,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from deepseek_ext.ep.agreement import OpHeader, check_headers, headers_from
 from deepseek_ext.ep.types import DispatchResult, Handle, Layout
 from deepseek_ext.reference import ep as ref
 from deepseek_ext.reference.quant import to_m_major
@@ -70,6 +71,15 @@ class TorchEngine:
         table = [torch.empty_like(row) for _ in range(self.num_ranks)]
         dist.all_gather(table, row, group=self.group)
         return torch.stack(table)
+
+    def agree(self, header: OpHeader) -> None:
+        """Every operation's first collective: an all-gather of each rank's header (a fixed-size
+        row, so ranks in different operations, or one that rejected its inputs, still complete
+        it); every rank then checks the same table and raises the same error."""
+        row = torch.tensor(header.words(), dtype=torch.int64)
+        if not self.on_cpu:
+            row = row.to(torch.device("cuda", torch.cuda.current_device()))
+        check_headers(headers_from(self._all_gather_counts(row).cpu()))
 
     def dispatch(self, x: torch.Tensor, scales: torch.Tensor | None, topk_idx: torch.Tensor,
                  topk_weights: torch.Tensor, layout: Layout, expert_alignment: int) -> DispatchResult:

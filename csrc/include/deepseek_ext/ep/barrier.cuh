@@ -67,19 +67,46 @@ __device__ __forceinline__ void finish_grid_clock(const Ctrl& c, const GridClock
   if (blockIdx.x == 0 && threadIdx.x == 0) *c.grid_base = clock.base + clock.syncs * gridDim.x;
 }
 
+// Header slot of `rank` in a region's headers area for the barrier of `epoch` (parity: a rank
+// writes the next barrier's headers only after every rank left this one).
+__device__ __forceinline__ int64_t* header_slot(uint8_t* region, const RegionLayout& l, uint64_t epoch, int rank,
+                                                int num_ranks) {
+  return reinterpret_cast<int64_t*>(region + l.headers) + ((epoch % 2) * num_ranks + rank) * kHeaderWords;
+}
+
+// After the barrier: the first rank whose header differs from ours (-1: none). Loopback peers
+// (whose signal region is ours) send none.
+__device__ __forceinline__ int first_diverged(const Peers& peers, const RegionLayout& l, uint8_t* local, uint64_t epoch,
+                                              int rank, int num_ranks, const int64_t* header, int lane) {
+  bool differs = false;
+  if (lane < num_ranks && (lane == rank || peers.signal[lane] != peers.signal[rank])) {
+    const int64_t* got = header_slot(local, l, epoch, lane, num_ranks);
+    for (int w = 0; w < kHeaderWords; ++w) differs |= got[w] != header[w];
+  }
+  const unsigned ballot = __ballot_sync(0xffffffffu, differs);
+  return ballot ? __ffs(ballot) - 1 : -1;
+}
+
 // Barrier across ranks: every block's writes so far (to peers included) are visible to every
 // rank when any rank leaves it. Rank r adds 1 to slot r of every peer's arrivals and waits until
 // its own slots sum to R per barrier (loopback peers alias our own slots: the sum still holds).
+// With a header, each rank also pushes it to every peer before arriving and compares them all
+// after: a difference is recorded as Phase::kDiverged before any block leaves.
 __device__ __forceinline__ void rank_barrier(const Ctrl& c, const Peers& peers, const RegionLayout& l, int rank,
-                                             int num_ranks, Phase phase, GridClock& clock, int64_t timeout_ns) {
+                                             int num_ranks, Phase phase, GridClock& clock, int64_t timeout_ns,
+                                             const int64_t* header = nullptr, uint8_t* local = nullptr) {
   grid_sync(c, clock, rank, timeout_ns);
   if (blockIdx.x == 0 && threadIdx.x < 32 && !__shfl_sync(0xffffffffu, has_failed(c.error), 0)) {
     const int lane = threadIdx.x;
     const uint64_t epoch = *reinterpret_cast<const volatile uint64_t*>(c.barrier_epoch) + 1;
     __syncwarp();
     if (lane < num_ranks) {  // each arriving lane fences: what block 0 acquired is released with it
-      ptx::fence_acq_rel_sys();
       auto* peer = reinterpret_cast<uint8_t*>(peers.signal[lane]);
+      if (header != nullptr) {
+        int64_t* slot = header_slot(peer, l, epoch, rank, num_ranks);
+        for (int w = 0; w < kHeaderWords; ++w) slot[w] = header[w];
+      }
+      ptx::fence_acq_rel_sys();
       ptx::red_add_release_sys(reinterpret_cast<uint64_t*>(peer + l.arrivals) + rank, 1);
     }
     const uint64_t deadline = ptx::globaltimer_ns() + timeout_ns;
@@ -94,6 +121,10 @@ __device__ __forceinline__ void rank_barrier(const Ctrl& c, const Peers& peers, 
         if (lane == 0) record_error(c.error, encode_error(phase, late ? __ffs(late) : 0));
         break;
       }
+    }
+    if (header != nullptr && !__shfl_sync(0xffffffffu, has_failed(c.error), 0)) {
+      const int diverged = first_diverged(peers, l, local, epoch, rank, num_ranks, header, lane);
+      if (lane == 0 && diverged >= 0) record_error(c.error, encode_error(Phase::kDiverged, diverged + 1));
     }
     if (lane == 0) *c.barrier_epoch = epoch;
   }

@@ -96,12 +96,13 @@ __global__ void __launch_bounds__(kThreads, 1) combine_kernel(const CombineParam
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarps + warp_in_block;
   const int64_t num_warps = static_cast<int64_t>(gridDim.x) * kWarps;
 
-  rank_barrier(c, p.peers, p.layout, p.rank, p.num_ranks, Phase::kCombineStart, clock, p.timeout_ns);
-  if (has_failed(c.error)) return;
+  rank_barrier(c, p.peers, p.layout, p.rank, p.num_ranks, Phase::kCombineStart, clock, p.timeout_ns, p.header,
+               p.local);
+  if (has_failed(c.error)) return finish_grid_clock(c, clock);
   const int64_t num_recv = *p.num_recv;
   for (int64_t i = warp; i < num_recv; i += num_warps) push_partial(p, i, lane, rows[warp_in_block], weights[warp_in_block]);
   rank_barrier(c, p.peers, p.layout, p.rank, p.num_ranks, Phase::kCombineEnd, clock, p.timeout_ns);
-  if (has_failed(c.error)) return;
+  if (has_failed(c.error)) return finish_grid_clock(c, clock);
   for (int64_t t = warp; t < p.num_tokens; t += num_warps) reduce_token(p, t, lane);
   finish_grid_clock(c, clock);
 }

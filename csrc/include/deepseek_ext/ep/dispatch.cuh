@@ -161,15 +161,16 @@ __global__ void __launch_bounds__(kThreads, 1) dispatch_kernel(const DispatchPar
   const int64_t num_warps = static_cast<int64_t>(gridDim.x) * kWarps;
 
   if (p.start_barrier) {  // every rank finished reading what the previous launch sent it
-    rank_barrier(c, p.peers, p.layout, p.rank, p.num_ranks, Phase::kDispatchStart, clock, p.timeout_ns);
-    if (has_failed(c.error)) return;
+    rank_barrier(c, p.peers, p.layout, p.rank, p.num_ranks, Phase::kDispatchStart, clock, p.timeout_ns, p.header,
+                 p.local);
+    if (has_failed(c.error)) return finish_grid_clock(c, clock);
   }
   if (p.push_counts && warp == num_warps - 1) push_counts(p, lane);
   if (p.push_data) {
     for (int64_t t = warp; t < p.num_tokens; t += num_warps) push_token(p, t, lane);
   }
   rank_barrier(c, p.peers, p.layout, p.rank, p.num_ranks, Phase::kDispatchEnd, clock, p.timeout_ns);
-  if (has_failed(c.error)) return;
+  if (has_failed(c.error)) return finish_grid_clock(c, clock);
 
   const RecvTables tab = build_recv_tables(p, smem);
   const int64_t num_recv = tab.tok_off[p.num_ranks];

@@ -36,7 +36,12 @@ enum class Phase : int {
   kCombineEnd = 4,
   kGridSync = 5,
   kBadExpertId = 6,
+  kDiverged = 7,  // a peer's operation header differs from ours (detail: that rank + 1)
 };
+
+// Operation header (deepseek_ext/ep/agreement.py, OpHeader): seq, kind, k, hidden, dtype,
+// has_scales, invalid, then padding. Every operation's first rank barrier carries it.
+constexpr int kHeaderWords = 8;
 
 DX_HOST_DEVICE int64_t encode_error(Phase phase, int64_t detail) {
   return (static_cast<int64_t>(phase) << 32) | (detail & 0xffffffffll);
@@ -49,6 +54,7 @@ struct RegionLayout {
   int64_t grid_base;       // uint64: grid-barrier arrivals before this launch (local)
   int64_t grid_arrivals;   // uint64: grid-barrier arrival counter (local)
   int64_t error;           // int64: error word (local)
+  int64_t headers;         // int64 [2][R][kHeaderWords]: headers pushed by each rank (by barrier parity)
   int64_t counts;          // int32 [R][count_cols]: counts row pushed by each source
   int64_t recv_x;          // bytes [R][max_tokens][x_row_bytes]: tokens from each source
   int64_t recv_scales;     // fp32 [R][max_tokens][scale_cols]
@@ -73,6 +79,7 @@ struct DispatchParams {
   int rank, num_ranks, local_experts, topk;
   int64_t num_tokens, x_bytes, scale_groups, alignment, timeout_ns;
   bool start_barrier, push_counts, push_data;  // notify = start + counts; data launch = data
+  int64_t header[kHeaderWords];  // compared across ranks at the start barrier
   // inputs (this rank's tokens)
   const uint8_t* x;
   int64_t ld_x_bytes;
@@ -120,6 +127,7 @@ struct CombineParams {
   int rank, num_ranks, topk;
   int64_t hidden, num_tokens, timeout_ns;
   bool y_is_fp32;
+  int64_t header[kHeaderWords];  // compared across ranks at the start barrier
   const void* y;                // [rows, hidden] bf16 or fp32
   const int64_t* num_recv;      // [1] received tokens (device)
   const int64_t* src_rank;      // [N]
