@@ -20,6 +20,11 @@ LARGE_M = ((4096, 2112, 7168), (4096, 24576, 1536), (4096, 32768, 512), (4096, 7
 SMALL_M = ((128, 4096, 7168), (128, 7168, 2048), (128, 2112, 7168), (64, 7168, 16384))
 
 
+def config_label(config: _gemm_kernels.GemmConfig) -> str:
+    """The kernel variant a row ran: BLOCK_M x BLOCK_N, and the operand a 2-CTA cluster multicasts."""
+    return f"{config.block_m}x{config.block_n}" + ("" if config.multicast == "none" else f" multicast {config.multicast}")
+
+
 def _impls(m: int, n: int, k: int) -> dict:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
@@ -74,7 +79,9 @@ def run(quick: bool) -> list[dict]:
     cases += [(shape, True) for shape in (SMALL_M[:1] if quick else SMALL_M)]
     for (m, n, k), use_graph in cases:
         flops = 2 * m * n * k
-        label = f"{m}x{n}x{k}" + (" graph" if use_graph else "")
+        config = _gemm_kernels.chosen_config("dense", m, n, k, 1, torch.bfloat16, False, dx.get_num_sms(),
+                                             torch.device("cuda"))
+        label = f"{m}x{n}x{k}" + (" graph" if use_graph else "") + f" [{config_label(config)}]"
         for impl, fn in _impls(m, n, k).items():
             if fn is None:
                 rows.append(make_row("gemm", "fp8_gemm_nt", label, impl + " n/a", math.nan, math.nan, "TFLOPS"))

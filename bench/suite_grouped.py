@@ -15,7 +15,9 @@ import torch
 
 import deepseek_ext as dx
 from deepseek_ext.reference.quant import empty_m_major_scales, per_block_cast_to_fp8, to_m_major
+from deepseek_ext.ops import _gemm_kernels
 from report import OURS, make_row
+from suite_gemm import config_label
 from timing import graph_time_ms, time_ms
 
 CONTIGUOUS = ((4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168), (8, 4096, 7168, 2048))
@@ -47,8 +49,10 @@ def _contiguous_rows(quick: bool) -> list[dict]:
         impls = {OURS: lambda: dx.gemm.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices),
                  "bf16 torch._grouped_mm": _grouped_mm_baseline(x, w, ends)}
         flops = 2 * groups * m * n * k
+        config = _gemm_kernels.chosen_config("m_contiguous", groups * m, n, k, 1, torch.bfloat16, False,
+                                             dx.get_num_sms(), torch.device("cuda"))
         for impl, fn in impls.items():
-            label = f"{groups}x{m}, {n}x{k}"
+            label = f"{groups}x{m}, {n}x{k} [{config_label(config)}]"
             if fn is None:
                 rows.append(make_row("grouped", "m_grouped_contiguous", label, impl + " n/a", math.nan, math.nan,
                                      "TFLOPS"))
@@ -73,7 +77,9 @@ def _masked_rows(quick: bool) -> list[dict]:
         take = torch.cat([torch.arange(p) + g * m_max for g, p in enumerate(padded)]).cuda()
         a_flat = a.view(torch.uint8).reshape(groups * m_max, k)[take].view(torch.float8_e4m3fn)
         sa_flat = to_m_major(sa.reshape(groups * m_max, -1)[take])
-        label = f"{groups}x~{mean_m}, {n}x{k}"
+        config = _gemm_kernels.chosen_config("m_masked", mean_m, n, k, groups, torch.bfloat16, False,
+                                             dx.get_num_sms(), torch.device("cuda"))
+        label = f"{groups}x~{mean_m}, {n}x{k} [masked {config_label(config)}]"
         flops = 2 * sum(counts) * n * k
         impls = {OURS + " masked": lambda: dx.gemm.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, mean_m),
                  OURS: lambda: dx.gemm.m_grouped_fp8_gemm_nt_contiguous(a_flat, sa_flat, b, sb, m_indices)}

@@ -21,10 +21,7 @@ _TOLERANCE = {torch.bfloat16: 1e-5, torch.float32: 1e-6}
 # kernel single-threaded at a few ns per multiply-add.
 _EMULATION_LIMIT = 1 << 29
 
-# The launcher's tile width (choose_block_n in csrc/include/deepseek_ext/gemm/scheduler.cuh) is 64
-# for every shape below that is small enough to emulate, except this one: 8 x 9 tiles 128 wide fit
-# in one wave of 132 SMs (or 112, 20, 1: the 64-wide grid would take as long or longer), so the
-# 128-wide kernel runs, with M, N and K tails (1000 % 128, 1040 % 128, 272 % 128 > 0).
+# M, N and K tails (1000 % 128, 1040 % 128, 272 % 128 > 0) in one wave of tiles.
 _WIDE = (1000, 1040, 272)
 
 
@@ -109,9 +106,8 @@ def restore_num_sms():
     _backend._num_sms = saved
 
 
-# The launcher picks the tile width from (M, N, num_sms); these shapes keep one width for every
-# SM count listed and the default (128 wide, 128 wide, then 64 wide), so the results must be
-# bitwise identical.
+# The launcher picks the tile shape from (M, N, K, num_sms); each element's sum runs over the same
+# K blocks in the same order whatever the shape, so the results must be bitwise identical.
 @pytest.mark.parametrize("m,n,k,sm_counts", [(4096, 2112, 1040, (20, 112, 1)), (*_WIDE, (20, 112, 1)),
                                              (128, 528, 1040, (20, 112))],
                          ids=["wide_tiles", "wide_tiles_small", "narrow_tiles"])
@@ -149,7 +145,7 @@ def _raw_call(a, sa, b, sb, out, /, **overrides):
     (m, k), n = a.shape, b.shape[0]
     args = dict(a=a.data_ptr(), lda=k, sa=sa.data_ptr(), ld_sa=sa.stride(-1), b=b.data_ptr(), ldb=k,
                 sb=sb.data_ptr(), ld_sb=sb.shape[1], sb_per_row=False, d=out.data_ptr(),
-                d_dtype=_launch.DTYPE_CODE[out.dtype], c=0, m=m, n=n, k=k, num_sms=dx.get_num_sms(),
+                d_dtype=_launch.DTYPE_CODE[out.dtype], c=0, m=m, n=n, k=k, config=None, num_sms=dx.get_num_sms(),
                 stream=_launch.stream_handle(a))
     args.update(overrides)
     _launch.call("fp8_gemm_nt", *args.values(), device=a.device)

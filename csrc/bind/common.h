@@ -6,10 +6,15 @@
 #include <cstdint>
 #include <string>
 
+#include "launch/error_detail.h"
+
 namespace dx::bind {
 
+// The launch error's text with the launcher's detail (a driver CUresult, rejected parameters).
 inline std::string error_string(cudaError_t err) {
-  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
+  const std::string detail = take_error_detail();
+  if (err == cudaSuccess) return std::string();
+  return std::string(cudaGetErrorString(err)) + (detail.empty() ? "" : ": " + detail);
 }
 
 template <typename T>

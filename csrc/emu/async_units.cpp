@@ -27,14 +27,18 @@ struct Mbarrier {
   uint32_t phase;
 };
 
-uint64_t* mbarrier_word(uint32_t bar, Site site) {
-  Block& b = *current().block;
+uint64_t* mbarrier_word(Block& b, uint32_t bar, Site site) {
   if (bar % 8 != 0) fault("mbarrier address 0x" + SharedView::hex(bar) + " is not 8-byte aligned", site);
   try {
     return reinterpret_cast<uint64_t*>(b.dynamic.at(bar, 8, "mbarrier"));
   } catch (const std::out_of_range& e) {
     fault(e.what(), site);
   }
+}
+
+uint64_t* mbarrier_word(uint32_t bar, Site site) {
+  if (bar >> kClusterRankShift != 0) fault("a shared::cta mbarrier instruction given a shared::cluster address", site);
+  return mbarrier_word(*current().block, bar, site);
 }
 
 Mbarrier load(const uint64_t* word, uint32_t bar, Site site) {
@@ -91,6 +95,7 @@ struct TmaOp {
   TensorMap map;
   int32_t coords[kMaxTensorRank];
   uint32_t smem, bar;
+  uint16_t cta_mask;  // a multicast load: the cluster ranks it writes to (0: the issuing block only)
   uint64_t id;
   Site site;
   std::vector<uint8_t> source;  // a store: the shared bytes it read, which must stay until it completes
@@ -113,7 +118,7 @@ const TensorMap& checked_map(const void* map, Site site) {
 }
 
 TmaOp make_op(bool is_load, const void* map, const int32_t* coords, int rank, uint32_t smem, uint32_t bar, Site site) {
-  TmaOp op{is_load, current().block, checked_map(map, site), {}, smem, bar, g_next_op++, site};
+  TmaOp op{is_load, current().block, checked_map(map, site), {}, smem, bar, 0, g_next_op++, site};
   if (op.map.rank != rank)
     fault("a " + std::to_string(rank) + "-D TMA instruction with a " + std::to_string(op.map.rank) + "-D tensor map", site);
   for (int i = 0; i < rank; ++i) op.coords[i] = coords[i];
@@ -223,6 +228,16 @@ void mbarrier_init(uint32_t bar, uint32_t count, Site site) {
   note_progress();
 }
 
+void mbarrier_arrive_cluster(uint32_t bar, Site site) {
+  Block& target = cluster_block(bar, site);
+  uint64_t* word = mbarrier_word(target, bar, site);
+  Mbarrier m = load(word, bar, site);
+  m.pending -= 1;
+  settle(m);
+  store(word, m);
+  note_progress();
+}
+
 void mbarrier_arrive(uint32_t bar, uint32_t tx_bytes, Site site) {
   uint64_t* word = mbarrier_word(bar, site);
   Mbarrier m = load(word, bar, site);
@@ -251,6 +266,20 @@ void tma_prefetch(const void* tensor_map, Site site) { checked_map(tensor_map, s
 void tma_load(uint32_t dst, const void* tensor_map, const int32_t* coords, int rank, uint32_t bar, Site site) {
   mbarrier_word(bar, site);
   tma_queue().push_back(make_op(true, tensor_map, coords, rank, dst, bar, site));
+}
+
+void tma_load_multicast(uint32_t dst, const void* tensor_map, const int32_t* coords, int rank, uint32_t bar,
+                        uint16_t cta_mask, Site site) {
+  const Block& b = *current().block;
+  if (cta_mask == 0 || cta_mask >> b.cluster.size() != 0)
+    fault("TMA multicast mask 0x" + SharedView::hex(cta_mask) + " names no block or one outside the cluster of " +
+              std::to_string(b.cluster.size()),
+          site);
+  for (size_t r = 0; r < b.cluster.size(); ++r)
+    if (cta_mask >> r & 1) mbarrier_word(*b.cluster[r], bar, site);
+  TmaOp op = make_op(true, tensor_map, coords, rank, dst, bar, site);
+  op.cta_mask = cta_mask;
+  tma_queue().push_back(std::move(op));
 }
 
 // The store reads shared memory at once (the earliest the hardware may: a missing barrier before
@@ -320,10 +349,14 @@ void run_async_units() {
     Block& b = *op.block;
     try {
       if (op.load) {
-        const SharedView& async = async_shared(b);  // the TMA writes through the async proxy ...
-        const uint32_t bytes = tma_load_box(op.map, op.coords, b.dynamic, op.smem);
-        tma_load_box(op.map, op.coords, async, op.smem);  // ... which generic reads see after the mbarrier
-        complete_tx(b, op.bar, bytes, op.site);
+        for (size_t r = 0; r < b.cluster.size(); ++r) {
+          if (op.cta_mask == 0 ? &b != b.cluster[r] : (op.cta_mask >> r & 1) == 0) continue;
+          Block& to = *b.cluster[r];
+          const SharedView& async = async_shared(to);  // the TMA writes through the async proxy ...
+          const uint32_t bytes = tma_load_box(op.map, op.coords, to.dynamic, op.smem);
+          tma_load_box(op.map, op.coords, async, op.smem);  // ... which generic reads see after the mbarrier
+          complete_tx(to, op.bar, bytes, op.site);
+        }
       } else if (std::memcmp(b.dynamic.at(op.smem, box_bytes(op.map), "TMA store source"), op.source.data(),
                              op.source.size()) != 0) {
         fault("shared memory 0x" + SharedView::hex(op.smem) + " was rewritten while a TMA store still read it " +

@@ -50,7 +50,8 @@ const dim3& grid_dim();
 
 // --- launches -----------------------------------------------------------------------------
 // Runs `body` as every thread of grid x block; cooperative launches keep every block resident.
-cudaError_t launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, bool cooperative,
+// Blocks come in clusters of `cluster` consecutive blockIdx.x, resident together.
+cudaError_t launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, bool cooperative, int cluster,
                    std::function<void()> body);
 
 // --- block and warp synchronization ---------------------------------------------------------
@@ -62,6 +63,12 @@ enum ShuffleKind { kShflIdx = 0, kShflXor = 1, kShflUp = 2, kShflDown = 3, kBall
 // --- shared memory --------------------------------------------------------------------------
 uint8_t* dynamic_shared_memory();
 uint32_t shared_window_address(const void* p);
+
+// --- thread-block clusters -----------------------------------------------------------------
+uint32_t cluster_ctarank();
+// mapa: the shared::cluster address of `addr` (a shared::cta address) in the block of rank `rank`.
+uint32_t cluster_map_shared(uint32_t addr, uint32_t rank, Site site);
+void cluster_sync(Site site);  // barrier.cluster.arrive.release + barrier.cluster.wait.acquire
 
 // --- global memory ordering and atomics -----------------------------------------------------
 uint64_t ld_acquire(const uint64_t* p, bool system, Site site);
@@ -75,9 +82,13 @@ uint64_t globaltimer_ns();
 // --- mbarrier, TMA and wgmma (the async units) --------------------------------------------
 void mbarrier_init(uint32_t bar, uint32_t count, Site site);
 void mbarrier_arrive(uint32_t bar, uint32_t tx_bytes, Site site);
+void mbarrier_arrive_cluster(uint32_t bar, Site site);  // bar: a shared::cluster address
 bool mbarrier_try_wait_parity(uint32_t bar, uint32_t parity, Site site);
 void tma_prefetch(const void* tensor_map, Site site);
 void tma_load(uint32_t dst, const void* tensor_map, const int32_t* coords, int rank, uint32_t bar, Site site);
+// Multicast: the box lands at `dst` and completes on `bar` in every block of the cluster in `cta_mask`.
+void tma_load_multicast(uint32_t dst, const void* tensor_map, const int32_t* coords, int rank, uint32_t bar,
+                        uint16_t cta_mask, Site site);
 void tma_store(const void* tensor_map, const int32_t* coords, int rank, uint32_t src, Site site);
 void bulk_commit_group(Site site);
 void bulk_wait_group(int pending, bool read_only, Site site);

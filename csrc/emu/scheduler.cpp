@@ -71,13 +71,24 @@ std::string where(Site site) {
   return std::string(short_path(site.file)) + ":" + std::to_string(site.line);
 }
 
-// Whole-block barriers count exited threads as arrived: an exit can complete one.
+uint32_t cluster_live(const Block& b) {
+  uint32_t live = 0;
+  for (const Block* peer : b.cluster) live += static_cast<uint32_t>(peer->live);
+  return live;
+}
+
+// Whole-block and cluster barriers count exited threads as arrived: an exit can complete one.
 void release_whole_block_barriers(Block& b) {
   for (BarrierState& bar : b.barriers) {
     if (bar.arrived != 0 && bar.expected == 0 && bar.arrived == static_cast<uint32_t>(b.live)) {
       bar.arrived = 0;
       bar.generation += 1;
     }
+  }
+  BarrierState& cluster = b.cluster[0]->cluster_barrier;
+  if (cluster.arrived != 0 && cluster.arrived == cluster_live(b)) {
+    cluster.arrived = 0;
+    cluster.generation += 1;
   }
 }
 
@@ -202,6 +213,7 @@ std::string describe_wait(const Fiber& f) {
     case Fiber::Wait::kFlag: return "flag 0x" + SharedView::hex(a) + " (ld.acquire.gpu)";
     case Fiber::Wait::kSysFlag: return "flag 0x" + SharedView::hex(a) + " (ld.acquire.sys)";
     case Fiber::Wait::kBulkGroup: return "cp.async.bulk.wait_group " + std::to_string(a);
+    case Fiber::Wait::kCluster: return "barrier.cluster (cluster of " + std::to_string(f.block->cluster.size()) + ")";
     default: return "nothing (runnable)";
   }
 }
@@ -341,7 +353,7 @@ const std::string& last_launch_error() { return g_last_error; }
 
 void set_max_dynamic_shared_memory(const void* kernel, uint32_t bytes) { smem_limits()[kernel] = bytes; }
 
-cudaError_t launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, bool cooperative,
+cudaError_t launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, bool cooperative, int cluster,
                    std::function<void()> body) {
   const std::lock_guard<std::mutex> guard(g_launch_mutex);
   const int64_t blocks = int64_t{grid.x} * grid.y * grid.z;
@@ -351,6 +363,7 @@ cudaError_t launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_sme
   const uint32_t allowed = limit == smem_limits().end() ? kDefaultSharedBytes : limit->second;
   if (dynamic_smem > std::min(allowed, kMaxSharedBytes)) return cudaErrorInvalidValue;
   if (cooperative && blocks > kSmCount) return cudaErrorCooperativeLaunchTooLarge;
+  if (cluster < 1 || cluster > kMaxClusterSize || grid.x % cluster != 0) return cudaErrorInvalidClusterSize;
   Launch l;
   l.body = &body;
   l.grid = grid;
@@ -358,11 +371,17 @@ cudaError_t launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_sme
   g_launch = &l;
   try {
     for (int64_t first = 0; first < blocks && !l.failed;) {
-      const int64_t wave = cooperative ? blocks : std::min<int64_t>(blocks - first, kSmCount);
+      // A wave holds whole clusters (clusters never straddle a row of the grid: grid.x % cluster == 0).
+      const int64_t wave = cooperative ? blocks : std::min<int64_t>(blocks - first, kSmCount / cluster * cluster);
       l.blocks.clear();
       g_stacks.reserve(static_cast<size_t>(wave * threads));
       for (int64_t i = 0; i < wave; ++i)
         l.blocks.push_back(make_block(l, first + i, dynamic_smem, static_cast<size_t>(i * threads)));
+      for (int64_t i = 0; i < wave; ++i) {
+        Block& b = *l.blocks[i];
+        b.cluster_rank = static_cast<int>(b.index.x % cluster);
+        for (int r = 0; r < cluster; ++r) b.cluster.push_back(l.blocks[i - b.cluster_rank + r].get());
+      }
       run_wave(l);
       first += wave;
     }
@@ -396,6 +415,40 @@ const SharedView& async_shared(Block& b) {
     b.async_view = SharedView{b.async_bytes.data(), kDynamicWindowBase, b.dynamic.size};
   }
   return b.async_view;
+}
+
+// --- clusters ---------------------------------------------------------------------------------------
+
+uint32_t cluster_ctarank() { return static_cast<uint32_t>(current().block->cluster_rank); }
+
+uint32_t cluster_map_shared(uint32_t addr, uint32_t rank, Site site) {
+  const Block& b = *current().block;
+  if (addr >> kClusterRankShift != 0) fault("mapa of an address that is already a shared::cluster address", site);
+  if (rank >= b.cluster.size())
+    fault("mapa to rank " + std::to_string(rank) + " in a cluster of " + std::to_string(b.cluster.size()), site);
+  return (rank + 1) << kClusterRankShift | addr;
+}
+
+Block& cluster_block(uint32_t& addr, Site site) {
+  Block& b = *current().block;
+  const uint32_t tag = addr >> kClusterRankShift;
+  if (tag == 0) return b;
+  if (tag > b.cluster.size()) fault("shared::cluster address 0x" + SharedView::hex(addr) + " names no block of the cluster", site);
+  addr &= (1u << kClusterRankShift) - 1;
+  return *b.cluster[tag - 1];
+}
+
+void cluster_sync(Site site) {
+  Block& b = *current().block;
+  BarrierState& bar = b.cluster[0]->cluster_barrier;
+  bar.arrived += 1;
+  if (bar.arrived == cluster_live(b)) {
+    bar.arrived = 0;
+    bar.generation += 1;
+    note_progress();
+    return;
+  }
+  wait_generation(bar.generation, site, Fiber::Wait::kCluster);
 }
 
 // --- block barriers and warp collectives ------------------------------------------------------------

@@ -22,6 +22,8 @@ constexpr int kSmCount = 132;                    // H200: blocks of one wave, co
 constexpr uint32_t kDefaultSharedBytes = 48 * 1024;  // dynamic smem without the opt-in attribute
 constexpr uint32_t kMaxSharedBytes = 232448;     // sm_90 opt-in limit per block
 constexpr uint32_t kDynamicWindowBase = 16;      // the runtime guarantees only 16-byte alignment
+constexpr int kMaxClusterSize = 8;               // the portable cluster size limit
+constexpr int kClusterRankShift = 24;            // shared::cluster addresses: (rank + 1) << 24 | offset
 
 struct Block;
 
@@ -35,7 +37,7 @@ struct Fiber {
   // Where it waits and why (for deadlock reports), and whether that wait is on another process.
   Site site{nullptr, 0};
   // What it waits for, formatted only for a deadlock report (polls run often).
-  enum class Wait { kNone, kBarrier, kWarpCollective, kWarpgroup, kMbarrier, kFlag, kSysFlag, kBulkGroup };
+  enum class Wait { kNone, kBarrier, kWarpCollective, kWarpgroup, kMbarrier, kFlag, kSysFlag, kBulkGroup, kCluster };
   Wait wait = Wait::kNone;
   uint64_t wait_args[2] = {};
   bool external_wait = false;
@@ -103,6 +105,9 @@ struct Block {
   SharedView dynamic;                  // ... as the async units address it
   std::vector<uint8_t> async_bytes;    // what the async proxy sees (set up on first use)
   SharedView async_view;
+  std::vector<Block*> cluster;         // the blocks of its cluster by rank (itself included)
+  int cluster_rank = 0;
+  BarrierState cluster_barrier;        // barrier.cluster (used on the rank-0 block)
 };
 
 // The fiber running now (never null inside device code).
@@ -126,6 +131,9 @@ void wait_until(Ready ready, Site site, Fiber::Wait what, uint64_t arg0 = 0) {
 void wait_generation(const uint64_t& generation, Site site, Fiber::Wait what, uint64_t arg0 = 0);
 // The deadlock report's text for an mbarrier wait (async_units.cpp).
 std::string describe_mbarrier_wait(Block& b, uint32_t bar, uint32_t parity);
+// The block a shared::cluster address names (the current block for a shared::cta address), with
+// the address made local to it.
+Block& cluster_block(uint32_t& addr, Site site);
 // Something other fibers may be waiting for changed.
 void note_progress();
 // A flag poll: what it waits for may come from another block or process.

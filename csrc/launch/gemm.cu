@@ -3,11 +3,13 @@
 #include <cuda_bf16.h>
 
 #include <atomic>
+#include <string>
 
 #include "deepseek_ext/gemm/fp8_gemm_kernel.cuh"
 #include "deepseek_ext/gemm/geometry.cuh"
 #include "deepseek_ext/gemm/staging.cuh"
 #include "launch/gemm.h"
+#include "launch/error_detail.h"
 #include "launch/launch_kernel.h"
 #include "launch/tensor_map.h"
 
@@ -16,10 +18,10 @@ namespace dx {
 namespace {
 
 using gemm::kBlockK;
-using gemm::kBlockM;
 
 constexpr int kGroupM = 8;       // M blocks per rasterization group (L2 reuse of B)
 constexpr int kDimMultiple = 16; // N, K: 16-byte e4m3 rows for TMA
+constexpr int kContiguousBlockRows = 128;  // m_indices name one group per 128-row block
 
 // Row-major tensor of `rank` (2 or 3) dims, dims[0] innermost, strides[i] (elements) of
 // dims[i + 1], read/written in boxes `box`; out-of-bounds elements read as zero and are not written.
@@ -59,28 +61,42 @@ struct Operands {
   gemm::GemmParams params;
 };
 
-template <typename OutT, int kBlockN, bool kSbPerRow>
-cudaError_t launch_typed(const Operands& ops, int ctas, cudaStream_t stream) {
+template <typename OutT, int kBlockM, int kBlockN, bool kSbPerRow>
+cudaError_t launch_typed(const Operands& ops, int ctas, int cluster, cudaStream_t stream) {
   static std::atomic<uint64_t> smem_set_devices{0};  // one mask per kernel instantiation
-  const auto kernel = gemm::fp8_gemm_nt_kernel<OutT, kBlockN, kSbPerRow>;
-  constexpr int smem_bytes = gemm::layout_for(sizeof(OutT), kBlockN).request_bytes();
+  const auto kernel = gemm::fp8_gemm_nt_kernel<OutT, kBlockM, kBlockN, kSbPerRow>;
+  constexpr int smem_bytes = gemm::layout_for(sizeof(OutT), kBlockM, kBlockN).request_bytes();
   const cudaError_t err =
       allow_shared_memory(reinterpret_cast<const void*>(kernel), smem_bytes, smem_set_devices);
   if (err != cudaSuccess) return err;
-  return launch_kernel(kernel, ctas, gemm::kThreads, smem_bytes, stream, false, ops.a, ops.b, ops.sa, ops.sb,
-                       ops.d, ops.params);
+  return launch_clustered_kernel(kernel, ctas, gemm::kernel_threads(kBlockM), smem_bytes, stream, false, cluster,
+                                 ops.a, ops.b, ops.sa, ops.sb, ops.d, ops.params);
 }
 
-template <typename OutT, int kBlockN>
-cudaError_t launch_scales(const Operands& ops, bool sb_per_row, int ctas, cudaStream_t stream) {
-  return sb_per_row ? launch_typed<OutT, kBlockN, true>(ops, ctas, stream)
-                    : launch_typed<OutT, kBlockN, false>(ops, ctas, stream);
+// The instantiated variant of width `block_n` (widths tried from kBlockN down in steps of 16).
+template <typename OutT, int kBlockM, bool kSbPerRow, int kBlockN = gemm::kMaxBlockN>
+cudaError_t launch_block_n(const Operands& ops, int block_n, int ctas, int cluster, cudaStream_t stream) {
+  if constexpr (kBlockN < gemm::kBlockNStep) {
+    return cudaErrorInvalidValue;
+  } else {
+    if constexpr (gemm::instantiated(sizeof(OutT), kSbPerRow, kBlockM, kBlockN)) {
+      if (block_n == kBlockN) return launch_typed<OutT, kBlockM, kBlockN, kSbPerRow>(ops, ctas, cluster, stream);
+    }
+    return launch_block_n<OutT, kBlockM, kSbPerRow, kBlockN - gemm::kBlockNStep>(ops, block_n, ctas, cluster, stream);
+  }
+}
+
+template <typename OutT, bool kSbPerRow>
+cudaError_t launch_scales(const Operands& ops, const gemm::GemmConfig& c, int ctas, cudaStream_t stream) {
+  const int cluster = gemm::cluster_size(c.multicast);
+  return c.block_m == 64 ? launch_block_n<OutT, 64, kSbPerRow>(ops, c.block_n, ctas, cluster, stream)
+                         : launch_block_n<OutT, 128, kSbPerRow>(ops, c.block_n, ctas, cluster, stream);
 }
 
 template <typename OutT>
-cudaError_t launch_out(const Operands& ops, int block_n, bool sb_per_row, int ctas, cudaStream_t stream) {
-  return block_n == 64 ? launch_scales<OutT, 64>(ops, sb_per_row, ctas, stream)
-                       : launch_scales<OutT, 128>(ops, sb_per_row, ctas, stream);
+cudaError_t launch_out(const Operands& ops, const gemm::GemmConfig& c, bool sb_per_row, int ctas,
+                       cudaStream_t stream) {
+  return sb_per_row ? launch_scales<OutT, true>(ops, c, ctas, stream) : launch_scales<OutT, false>(ops, c, ctas, stream);
 }
 
 // Pointers of one launch; their shapes are in a gemm::GemmGeometry.
@@ -96,38 +112,54 @@ struct GemmPointers {
 
 bool positive_int32(int64_t v) { return v > 0 && v <= INT32_MAX; }
 
-cudaError_t launch_gemm(const GemmPointers& p, const gemm::GemmGeometry& geometry, int num_sms, cudaStream_t stream) {
+std::string describe(const gemm::GemmConfig& c) {
+  return "BLOCK_M " + std::to_string(c.block_m) + ", BLOCK_N " + std::to_string(c.block_n) + ", multicast " +
+         std::to_string(static_cast<int>(c.multicast));
+}
+
+cudaError_t launch_gemm(const GemmPointers& p, const gemm::GemmGeometry& geometry, const gemm::GemmConfig* forced,
+                        int num_sms, cudaStream_t stream) {
   const bool bf16_out = static_cast<DType>(p.d_dtype) == DType::kBF16;
   if (!bf16_out && static_cast<DType>(p.d_dtype) != DType::kF32) return cudaErrorInvalidValue;
   if (num_sms < 1) return cudaErrorInvalidValue;
   const int out_bytes = bf16_out ? 2 : 4;
-  const int block_n = gemm::choose_block_n(geometry.heuristic_m, geometry.sched.n, num_sms);
-  const gemm::GemmGeometry g = gemm::with_tiles(geometry, block_n, kGroupM);
-  const int64_t m = g.sched.m, n = g.sched.n, k = g.sched.k;
-  if (int64_t{g.sched.groups} * ceil_div(m, kBlockM) * ceil_div(n, block_n) > INT32_MAX) {
+  const gemm::GemmProblem problem = gemm::problem_of(geometry, out_bytes, num_sms);
+  const gemm::GemmConfig config = forced != nullptr ? *forced : gemm::choose_config(problem);
+  if (!gemm::config_applies(problem, config)) {
+    set_error_detail("no compiled FP8 GEMM variant for " + describe(config) + " with this problem");
     return cudaErrorInvalidValue;
   }
+  const gemm::GemmGeometry g = gemm::with_config(geometry, config, kGroupM);
+  const int64_t m = g.sched.m, n = g.sched.n, k = g.sched.k;
+  if (int64_t{g.sched.groups} * ceil_div(m, config.block_m) * ceil_div(n, config.block_n) > INT32_MAX) {
+    return cudaErrorInvalidValue;
+  }
+  // A multicast operand is loaded in halves, one per CTA of the pair.
+  const int a_box_rows = config.multicast == gemm::Multicast::kA ? config.block_m / 2 : config.block_m;
+  const int b_box_rows = config.multicast == gemm::Multicast::kB ? config.block_n / 2 : config.block_n;
+  const int d_box_cols = gemm::box_cols(out_bytes, config.block_n);
   CUtensorMap map_a, map_b, map_sa, map_sb{}, map_d;
   cudaError_t err;
   const auto e4m3 = CU_TENSOR_MAP_DATA_TYPE_UINT8;
   const auto f32 = CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
   const auto sw128 = CU_TENSOR_MAP_SWIZZLE_128B;
   const auto plain = CU_TENSOR_MAP_SWIZZLE_NONE;
-  if ((err = encode_2d(&map_a, e4m3, 1, p.a, k, g.a_rows, g.lda, kBlockK, kBlockM, sw128)) != cudaSuccess ||
-      (err = encode_2d(&map_b, e4m3, 1, p.b, k, g.b_rows, g.ldb, kBlockK, block_n, sw128)) != cudaSuccess ||
-      (err = encode_2d(&map_sa, f32, 4, p.sa, g.sa_cols, g.sa_rows, g.ld_sa, kBlockM, 1, plain)) != cudaSuccess ||
-      (g.sb_per_row && (err = encode_2d(&map_sb, f32, 4, p.sb, n, ceil_div(k, kBlockK), g.ld_sb, block_n, 1,
+  const auto d_swizzle = gemm::store_box_bytes(out_bytes, config.block_n) == gemm::kSwizzleBytes ? sw128 : plain;
+  if ((err = encode_2d(&map_a, e4m3, 1, p.a, k, g.a_rows, g.lda, kBlockK, a_box_rows, sw128)) != cudaSuccess ||
+      (err = encode_2d(&map_b, e4m3, 1, p.b, k, g.b_rows, g.ldb, kBlockK, b_box_rows, sw128)) != cudaSuccess ||
+      (err = encode_2d(&map_sa, f32, 4, p.sa, g.sa_cols, g.sa_rows, g.ld_sa, config.block_m, 1, plain)) !=
+          cudaSuccess ||
+      (g.sb_per_row && (err = encode_2d(&map_sb, f32, 4, p.sb, n, ceil_div(k, kBlockK), g.ld_sb, config.block_n, 1,
                                         plain)) != cudaSuccess) ||
       (err = encode(&map_d, bf16_out ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : f32, out_bytes, p.d, 3,
-                    {n, m, g.out_groups}, {n, m * n}, {gemm::strip_cols(out_bytes), gemm::kWgRows, 1},
-                    sw128)) != cudaSuccess) {
+                    {n, m, g.out_groups}, {n, m * n}, {d_box_cols, gemm::kWgRows, 1}, d_swizzle)) != cudaSuccess) {
     return err;
   }
   const Operands ops{map_a, map_b, map_sa, map_sb, map_d,
-                     gemm::GemmParams{g.sb_per_row ? nullptr : p.sb, g.ld_sb, p.c, g.sched}};
-  const int ctas = gemm::persistent_ctas(g.sched.tiles(), num_sms);
-  return bf16_out ? launch_out<__nv_bfloat16>(ops, block_n, g.sb_per_row, ctas, stream)
-                  : launch_out<float>(ops, block_n, g.sb_per_row, ctas, stream);
+                     gemm::GemmParams{g.sb_per_row ? nullptr : p.sb, g.ld_sb, p.c, p.d, g.sched}};
+  const int ctas = gemm::persistent_ctas(g.sched.tiles(), num_sms, gemm::cluster_size(config.multicast));
+  return bf16_out ? launch_out<__nv_bfloat16>(ops, config, g.sb_per_row, ctas, stream)
+                  : launch_out<float>(ops, config, g.sb_per_row, ctas, stream);
 }
 
 // Checks shared by every kind: N and K whole 16-byte e4m3 rows, 16-byte aligned tensors.
@@ -143,7 +175,7 @@ bool bad_common(const void* a, const float* sa, const void* b, const float* sb, 
 cudaError_t launch_fp8_gemm_nt(const void* a, int64_t lda, const float* sa, int64_t ld_sa,
                                const void* b, int64_t ldb, const float* sb, int64_t ld_sb,
                                bool sb_per_row, void* d, int d_dtype, const float* c, int64_t m,
-                               int64_t n, int64_t k, int num_sms, cudaStream_t stream) {
+                               int64_t n, int64_t k, const gemm::GemmConfig* config, int num_sms, cudaStream_t stream) {
   if (m < 0 || n < 0 || k < 0) return cudaErrorInvalidValue;
   if (m == 0 || n == 0) return cudaSuccess;
   const int64_t k_blocks = ceil_div(k, kBlockK);
@@ -154,27 +186,29 @@ cudaError_t launch_fp8_gemm_nt(const void* a, int64_t lda, const float* sa, int6
     return cudaErrorInvalidValue;
   }
   return launch_gemm({a, sa, b, sb, d, d_dtype, c},
-                     gemm::dense_geometry(m, n, k, lda, ld_sa, ldb, ld_sb, sb_per_row), num_sms, stream);
+                     gemm::dense_geometry(m, n, k, lda, ld_sa, ldb, ld_sb, sb_per_row), config, num_sms, stream);
 }
 
 cudaError_t launch_m_grouped_fp8_gemm_nt_contiguous(const void* a, const float* sa, int64_t ld_sa,
                                                     const void* b, const float* sb, const int* m_indices,
                                                     void* d, int d_dtype, int64_t m, int64_t n, int64_t k,
-                                                    int64_t groups, int num_sms, cudaStream_t stream) {
+                                                    int64_t groups, const gemm::GemmConfig* config, int num_sms,
+                                                    cudaStream_t stream) {
   if (m < 0 || n < 0 || k < 0 || groups < 0) return cudaErrorInvalidValue;
   if (m == 0 || n == 0) return cudaSuccess;
-  const bool bad = !positive_int32(m) || m % kBlockM != 0 || !positive_int32(groups) ||
+  const bool bad = !positive_int32(m) || m % kContiguousBlockRows != 0 || !positive_int32(groups) ||
                    !positive_int32(groups * n) || ld_sa < m || ld_sa % kScaleRowAlign != 0 ||
                    m_indices == nullptr || bad_common(a, sa, b, sb, false, d, nullptr, n, k);
   if (bad) return cudaErrorInvalidValue;
   return launch_gemm({a, sa, b, sb, d, d_dtype, nullptr},
-                     gemm::m_contiguous_geometry(m, n, k, groups, ld_sa, m_indices), num_sms, stream);
+                     gemm::m_contiguous_geometry(m, n, k, groups, ld_sa, m_indices), config, num_sms, stream);
 }
 
 cudaError_t launch_m_grouped_fp8_gemm_nt_masked(const void* a, const float* sa, int64_t ld_sa, const void* b,
                                                 const float* sb, const int* masked_m, void* d, int d_dtype,
                                                 int64_t groups, int64_t m_max, int64_t n, int64_t k,
-                                                int64_t expected_m, int num_sms, cudaStream_t stream) {
+                                                int64_t expected_m, const gemm::GemmConfig* config, int num_sms,
+                                                cudaStream_t stream) {
   if (groups < 0 || m_max < 0 || n < 0 || k < 0 || expected_m < 1) return cudaErrorInvalidValue;
   if (groups == 0 || m_max == 0 || n == 0) return cudaSuccess;
   const int64_t k_blocks = ceil_div(k, kBlockK);
@@ -183,14 +217,14 @@ cudaError_t launch_m_grouped_fp8_gemm_nt_masked(const void* a, const float* sa, 
                    masked_m == nullptr || bad_common(a, sa, b, sb, false, d, nullptr, n, k);
   if (bad) return cudaErrorInvalidValue;
   return launch_gemm({a, sa, b, sb, d, d_dtype, nullptr},
-                     gemm::m_masked_geometry(groups, m_max, n, k, ld_sa, expected_m, masked_m), num_sms, stream);
+                     gemm::m_masked_geometry(groups, m_max, n, k, ld_sa, expected_m, masked_m), config, num_sms, stream);
 }
 
 cudaError_t launch_k_grouped_fp8_gemm_tn_contiguous(const void* a, const float* sa, int64_t ld_sa,
                                                     const void* b, const float* sb, int64_t ld_sb,
                                                     const int* k_offsets, float* d, const float* c,
                                                     int64_t groups, int64_t m, int64_t n, int64_t k,
-                                                    int num_sms, cudaStream_t stream) {
+                                                    const gemm::GemmConfig* config, int num_sms, cudaStream_t stream) {
   if (groups < 0 || m < 0 || n < 0 || k < 0) return cudaErrorInvalidValue;
   if (groups == 0 || m == 0 || n == 0) return cudaSuccess;
   const bool bad = !positive_int32(m) || k % kBlockK != 0 || !positive_int32(groups) || ld_sa < m ||
@@ -198,7 +232,7 @@ cudaError_t launch_k_grouped_fp8_gemm_tn_contiguous(const void* a, const float* 
                    k_offsets == nullptr || bad_common(a, sa, b, sb, true, d, c, n, k);
   if (bad) return cudaErrorInvalidValue;
   return launch_gemm({a, sa, b, sb, d, static_cast<int>(DType::kF32), c},
-                     gemm::k_grouped_geometry(groups, m, n, k, ld_sa, ld_sb, k_offsets), num_sms, stream);
+                     gemm::k_grouped_geometry(groups, m, n, k, ld_sa, ld_sb, k_offsets), config, num_sms, stream);
 }
 
 }  // namespace dx

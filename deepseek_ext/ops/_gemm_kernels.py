@@ -2,12 +2,51 @@
 shapes, dtypes, layouts, alignment and devices; here tensors only become pointers and strides."""
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 
-from deepseek_ext._backend import get_num_sms
+from deepseek_ext._backend import get_num_sms, kernel_module
 from deepseek_ext.ops import _launch
+
+KIND = {"dense": 0, "m_contiguous": 1, "m_masked": 2, "k_grouped": 3}  # gemm::GemmKind
+MULTICAST = ("none", "A", "B")  # gemm::Multicast: which operand a 2-CTA cluster shares
+
+
+class GemmConfig(NamedTuple):
+    """A compiled variant of the FP8 GEMM kernel: tile rows and columns, and the operand a 2-CTA
+    cluster shares by TMA multicast ("none", "A" or "B")."""
+    block_m: int
+    block_n: int
+    multicast: str = "none"
+
+    def as_launcher_arg(self) -> tuple[int, int, int]:
+        return self.block_m, self.block_n, MULTICAST.index(self.multicast)
+
+
+_forced: Optional[tuple[int, int, int]] = None  # None: the launchers' heuristic chooses
+
+
+@contextlib.contextmanager
+def forced_config(config: GemmConfig) -> Iterator[None]:
+    """Runs every GEMM launch inside the block with `config` instead of the heuristic's choice (for
+    tests and benchmarks of each variant); a config the problem cannot use fails the launch."""
+    global _forced
+    previous, _forced = _forced, config.as_launcher_arg()
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def chosen_config(kind: str, m: int, n: int, k: int, groups: int, out_dtype: torch.dtype, sb_per_row: bool,
+                  num_sms: int, device: torch.device = torch.device("cpu")) -> GemmConfig:
+    """The variant the launchers' heuristic picks (csrc/include/deepseek_ext/gemm/heuristic.h) for
+    a GEMM of `kind` with m rows per group (m_masked: expected_m), as the launch would see it."""
+    block_m, block_n, multicast = kernel_module(device).fp8_gemm_config(
+        KIND[kind], m, n, k, groups, out_dtype.itemsize, sb_per_row, num_sms)
+    return GemmConfig(block_m, block_n, MULTICAST[multicast])
 
 
 def fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
@@ -21,7 +60,8 @@ def fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Te
     ld_sb = sb.stride(-1) if sb_per_row else sb.shape[1]
     _launch.call("fp8_gemm_nt", a.data_ptr(), k, sa.data_ptr(), sa.stride(-1), b.data_ptr(), k,
                  sb.data_ptr(), ld_sb, sb_per_row, out.data_ptr(), _launch.DTYPE_CODE[out.dtype],
-                 0 if c is None else c.data_ptr(), m, n, k, get_num_sms(), _launch.stream_handle(a), device=a.device)
+                 0 if c is None else c.data_ptr(), m, n, k, _forced, get_num_sms(), _launch.stream_handle(a),
+                 device=a.device)
     return out
 
 
@@ -33,19 +73,20 @@ def m_grouped_fp8_gemm_nt_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch
     (m, k), (groups, n) = a.shape, b.shape[:2]
     _launch.call("m_grouped_fp8_gemm_nt_contiguous", a.data_ptr(), sa.data_ptr(), sa.stride(-1), b.data_ptr(),
                  sb.data_ptr(), m_indices.data_ptr(), out.data_ptr(), _launch.DTYPE_CODE[out.dtype], m, n, k,
-                 groups, get_num_sms(), _launch.stream_handle(a), device=a.device)
+                 groups, _forced, get_num_sms(), _launch.stream_handle(a), device=a.device)
     return out
 
 
 def m_grouped_fp8_gemm_nt_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                                  masked_m: torch.Tensor, expected_m: int, out: torch.Tensor) -> torch.Tensor:
-    """out[G, Mmax, N] (rows >= masked_m[g] written as zeros). a [G, Mmax, K] contiguous e4m3; sa
+    """out[G, Mmax, N] (rows >= masked_m[g] not written). a [G, Mmax, K] contiguous e4m3; sa
     [G, Mmax, Kb] M-major with groups Kb columns apart; masked_m [G] int32 on the device, never
     read here. G, Mmax, N, K > 0."""
     groups, m_max, k = a.shape
     _launch.call("m_grouped_fp8_gemm_nt_masked", a.data_ptr(), sa.data_ptr(), sa.stride(-1), b.data_ptr(),
                  sb.data_ptr(), masked_m.data_ptr(), out.data_ptr(), _launch.DTYPE_CODE[out.dtype], groups,
-                 m_max, b.shape[1], k, expected_m, get_num_sms(), _launch.stream_handle(a), device=a.device)
+                 m_max, b.shape[1], k, expected_m, _forced, get_num_sms(), _launch.stream_handle(a),
+                 device=a.device)
     return out
 
 
@@ -58,5 +99,6 @@ def k_grouped_fp8_gemm_tn_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch
     (n, t), k = a.shape, b.shape[0]
     _launch.call("k_grouped_fp8_gemm_tn_contiguous", a.data_ptr(), sa.data_ptr(), sa.stride(-1), b.data_ptr(),
                  sb.data_ptr(), sb.stride(-1), k_offsets.data_ptr(), out.data_ptr(),
-                 0 if c is None else c.data_ptr(), out.shape[0], n, k, t, get_num_sms(), _launch.stream_handle(a), device=a.device)
+                 0 if c is None else c.data_ptr(), out.shape[0], n, k, t, _forced, get_num_sms(),
+                 _launch.stream_handle(a), device=a.device)
     return out

@@ -66,11 +66,12 @@ def m_grouped_fp8_gemm_nt_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch
 def m_grouped_fp8_gemm_nt_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                                  masked_m: torch.Tensor, expected_m: int,
                                  out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """out[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g]^T; the rows beyond masked_m[g] are zero.
-    a [G, Mmax, K], sa [G, Mmax, Kb], b [G, N, K], sb [G, ceil(N/128), Kb]; expected_m only
-    guides the kernels' tile choice and has no effect on the values."""
+    """out[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g]^T; the rows beyond masked_m[g] are left
+    unwritten (their values are unspecified, as the kernel never stores them). a [G, Mmax, K], sa
+    [G, Mmax, Kb], b [G, N, K], sb [G, ceil(N/128), Kb]; expected_m only guides the kernels' tile
+    choice and has no effect on the values."""
     del expected_m
-    out = torch.zeros(a.shape[0], a.shape[1], b.shape[1], dtype=out_dtype, device=a.device)
+    out = torch.empty(a.shape[0], a.shape[1], b.shape[1], dtype=out_dtype, device=a.device)
     for g, m in enumerate(masked_m.tolist()):
         out[g, :m] = fp8_gemm_nt(a[g, :m], sa[g, :m], b[g], sb[g], out_dtype)
     return out

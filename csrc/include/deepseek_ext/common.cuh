@@ -27,7 +27,7 @@ constexpr int kScaleRowAlign = 4;      // M-major scale columns are padded to 4 
 // Element-type codes passed through the bindings (must match deepseek_ext/ops/_launch.py).
 enum class DType : int { kBF16 = 0, kF32 = 1, kE4M3 = 2 };
 
-DX_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-DX_HOST_DEVICE int64_t align_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+DX_HOST_DEVICE constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+DX_HOST_DEVICE constexpr int64_t align_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 }  // namespace dx

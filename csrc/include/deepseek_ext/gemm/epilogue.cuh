@@ -1,6 +1,8 @@
 // Epilogue of one consumer warpgroup: D[64 x kBlockN] = acc (+ c), converted to the output type,
-// written to swizzled shared memory, then stored by a 3-D TMA box [1 group, 64 rows, strip
-// columns] (which clips rows >= M and columns >= N inside the output group).
+// written to shared memory in TMA-store boxes (staging.cuh), then stored by 3-D TMA boxes
+// [1 group, 64 rows, box columns] (which clip rows >= M and columns >= N inside the output
+// group). A kMMasked tile whose rows end inside the warpgroup's 64 is copied out row by row
+// instead, so that no row past masked_m is written.
 #pragma once
 #include <cuda.h>
 #include <cuda_bf16.h>
@@ -21,8 +23,26 @@ __device__ __forceinline__ void store_pair(uint8_t* dst, float lo, float hi, flo
   *reinterpret_cast<float2*>(dst) = make_float2(lo, hi);
 }
 
+// The first `rows` rows of the staged 64 x kBlockN tile -> D, 16 bytes per thread and step.
+template <int kOutBytes, int kBlockN>
+__device__ __forceinline__ void copy_rows_out(const uint8_t* staging, const GemmParams& p, const TileWork& w,
+                                              int m0, int rows, int wt) {
+  constexpr int kChunks = kBlockN * kOutBytes / 16;  // per row
+  constexpr int kChunkCols = 16 / kOutBytes;
+  const TileSchedule& s = p.sched;
+  uint8_t* d = static_cast<uint8_t*>(p.d);
+  for (int i = wt; i < rows * kChunks; i += kWarpgroupThreads) {
+    const int row = i / kChunks, col = i % kChunks * kChunkCols;
+    if (w.n0 + col >= s.n) continue;  // N % 16 == 0: a chunk is wholly inside or outside
+    const int64_t at = (static_cast<int64_t>(w.out_group) * s.m + m0 + row) * s.n + w.n0 + col;
+    *reinterpret_cast<uint4*>(d + at * kOutBytes) =
+        *reinterpret_cast<const uint4*>(staging + staging_offset(row, col, kOutBytes, kBlockN));
+  }
+}
+
 // Tile w's rows [wg*64, wg*64 + 64) of this consumer warpgroup; wt: thread index inside it.
-// Rows the schedule marks as not computed (padding, beyond masked_m) are stored as zeros.
+// Rows the schedule marks as not computed are stored as zeros (kMContiguous padding) or not
+// stored (kMMasked rows >= masked_m).
 template <typename OutT, int kBlockN>
 __device__ __forceinline__ void store_tile(const CUtensorMap& tmap_d, const float (&acc)[kBlockN / 2],
                                            const GemmParams& p, const TileWork& w, uint8_t* staging,
@@ -33,6 +53,8 @@ __device__ __forceinline__ void store_tile(const CUtensorMap& tmap_d, const floa
   const int warp = wt / 32;
   const int lane = wt % 32;
   const int m0 = w.m0 + wg * kWgRows;
+  const int rows = w.rows - wg * kWgRows;  // computed rows of this warpgroup's 64 (kMMasked: all it writes)
+  if (s.kind == GemmKind::kMMasked && rows <= 0) return;
   const float* c = p.c == nullptr ? nullptr : p.c + static_cast<int64_t>(w.out_group) * s.m * s.n;
   bool computed[2];
 #pragma unroll
@@ -54,18 +76,22 @@ __device__ __forceinline__ void store_tile(const CUtensorMap& tmap_d, const floa
         lo += add.x;
         hi += add.y;
       }
-      store_pair(staging + staging_offset(row, col, kOutBytes), lo, hi, static_cast<OutT*>(nullptr));
+      store_pair(staging + staging_offset(row, col, kOutBytes, kBlockN), lo, hi, static_cast<OutT*>(nullptr));
     }
   }
   // Each writer orders its generic-proxy stores before the TMA (async proxy) reads them.
   ptx::fence_proxy_async_shared();
   ptx::named_barrier_sync(barrier_id, kWarpgroupThreads);
+  if (s.kind == GemmKind::kMMasked && rows < kWgRows) {
+    copy_rows_out<kOutBytes, kBlockN>(staging, p, w, m0, rows, wt);
+    return;
+  }
   if (wt == 0 && m0 < s.m) {
     const uint32_t src = smem_u32(staging);
 #pragma unroll
-    for (int st = 0; st < strips(kOutBytes, kBlockN); ++st) {
-      const int col0 = w.n0 + st * strip_cols(kOutBytes);
-      if (col0 < s.n) ptx::tma_store_3d(&tmap_d, col0, m0, w.out_group, src + st * strip_bytes());
+    for (int box = 0; box < boxes(kOutBytes, kBlockN); ++box) {
+      const int col0 = w.n0 + box * box_cols(kOutBytes, kBlockN);
+      if (col0 < s.n) ptx::tma_store_3d(&tmap_d, col0, m0, w.out_group, src + box * box_bytes_total(kOutBytes, kBlockN));
     }
     ptx::bulk_commit_group();
   }

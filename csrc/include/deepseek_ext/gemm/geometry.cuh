@@ -7,6 +7,7 @@
 
 #include "deepseek_ext/common.cuh"
 #include "deepseek_ext/gemm/config.cuh"
+#include "deepseek_ext/gemm/heuristic.h"
 #include "deepseek_ext/gemm/scheduler.cuh"
 
 namespace dx::gemm {
@@ -18,14 +19,13 @@ struct GemmGeometry {
   bool sb_per_row;                  // SB map fp32 [k blocks, sched.n] (row stride ld_sb), or
   int64_t ld_sb;                    // 128x128 scales [groups x ceil(n/128), ld_sb] read directly
   int out_groups;                   // D: [out_groups, sched.m, sched.n] contiguous
-  int64_t heuristic_m;              // rows the tile-width heuristic assumes
-  TileSchedule sched;               // block_n and group_m are set by with_tiles
+  int64_t heuristic_m;              // rows per group the config heuristic assumes (kMMasked: expected_m)
+  TileSchedule sched;               // tile shape, rasterization and multicast are set by with_config
 };
 
-inline TileSchedule schedule(GemmKind kind, int64_t m, int64_t n, int64_t k, int64_t groups, const int* group_info,
-                             int64_t expected_blocks = 1) {
+inline TileSchedule schedule(GemmKind kind, int64_t m, int64_t n, int64_t k, int64_t groups, const int* group_info) {
   return TileSchedule{kind, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), static_cast<int>(groups),
-                      0, 0, static_cast<int>(expected_blocks), group_info};
+                      0, 0, 0, Multicast::kNone, group_info};
 }
 
 // D[M,N] = A @ B^T (fp8_gemm_nt).
@@ -48,22 +48,29 @@ inline GemmGeometry m_contiguous_geometry(int64_t m, int64_t n, int64_t k, int64
 inline GemmGeometry m_masked_geometry(int64_t groups, int64_t m_max, int64_t n, int64_t k, int64_t ld_sa,
                                       int64_t expected_m, const int* masked_m) {
   const int64_t k_blocks = ceil_div(k, kBlockK);
-  const int64_t expected_blocks = std::min(ceil_div(expected_m, kBlockM), ceil_div(m_max, kBlockM));
   return {groups * m_max, k, m_max, groups * k_blocks, ld_sa, groups * n, k, false, k_blocks,
-          static_cast<int>(groups), groups * expected_blocks * kBlockM,
-          schedule(GemmKind::kMMasked, m_max, n, k, groups, masked_m, expected_blocks)};
+          static_cast<int>(groups), std::min(expected_m, m_max),
+          schedule(GemmKind::kMMasked, m_max, n, k, groups, masked_m)};
 }
 
 // A [M,K] and B [N,K] contiguous with 1x128 scales along K (M-major); D [G, M, N].
 inline GemmGeometry k_grouped_geometry(int64_t groups, int64_t m, int64_t n, int64_t k, int64_t ld_sa,
                                        int64_t ld_sb, const int* k_offsets) {
-  return {m, k, m, ceil_div(k, kBlockK), ld_sa, n, k, true, ld_sb, static_cast<int>(groups), groups * m,
+  return {m, k, m, ceil_div(k, kBlockK), ld_sa, n, k, true, ld_sb, static_cast<int>(groups), m,
           schedule(GemmKind::kKGrouped, m, n, k, groups, k_offsets)};
 }
 
-// The geometry with its tile width (and rasterization) fixed.
-inline GemmGeometry with_tiles(GemmGeometry g, int block_n, int group_m) {
-  g.sched.block_n = block_n;
+// What the config heuristic sees of the launch.
+inline GemmProblem problem_of(const GemmGeometry& g, int out_bytes, int num_sms) {
+  const int64_t groups = g.sched.kind == GemmKind::kMContiguous ? 1 : g.sched.groups;
+  return {g.sched.kind, g.heuristic_m, g.sched.n, g.sched.k, groups, out_bytes, g.sb_per_row, num_sms};
+}
+
+// The geometry with its tile shape, multicast and rasterization fixed.
+inline GemmGeometry with_config(GemmGeometry g, const GemmConfig& c, int group_m) {
+  g.sched.block_m = c.block_m;
+  g.sched.block_n = c.block_n;
+  g.sched.multicast = c.multicast;
   g.sched.group_m = group_m;
   return g;
 }

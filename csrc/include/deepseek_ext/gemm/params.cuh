@@ -10,6 +10,7 @@ struct GemmParams {
   const float* sb_blocks;  // 128x128 B scales [ceil(N/128), ld_sb_blocks] (unused for 1x128)
   int64_t ld_sb_blocks;
   const float* c;          // optional fp32 [out groups, M, N] (contiguous) added to the product
+  void* d;                 // D [out groups, M, N] (contiguous): kMMasked's partial tiles are copied out directly
   TileSchedule sched;      // shapes, GEMM kind and tile mapping
 };
 

@@ -1,7 +1,8 @@
 // Persistent tile scheduler: CTA `cta` of `ctas` walks tiles cta, cta+ctas, ...; tile indices
 // map to (m_block, n_block) in groups of `group_m` M blocks so that CTAs running at the same
 // time share A rows and B columns in L2. TileSchedule maps a tile index of any GemmKind (dense
-// or one of the grouped MoE forms) to the rows, columns, groups and K blocks it covers.
+// or one of the grouped MoE forms) to the rows, columns, groups and K blocks it covers; with
+// 2-CTA clusters, tiles 2p and 2p+1 (the two CTAs of a cluster) share their A or B tile.
 #pragma once
 #include <cstdint>
 
@@ -38,7 +39,7 @@ struct TileGrid {
 enum class GemmKind : int {
   kDense = 0,        // one [M, N] output
   kMContiguous = 1,  // groups along M: 128-row blocks of A each belong to one group of B or are padding
-  kMMasked = 2,      // groups [G, Mmax]: only the first masked_m[g] rows of group g are computed
+  kMMasked = 2,      // groups [G, Mmax]: only the first masked_m[g] rows of group g are computed and written
   kKGrouped = 3,     // groups along K: output g contracts over K blocks [offsets[g], offsets[g+1]) / 128
 };
 
@@ -50,8 +51,17 @@ struct TileWork {
   int a_row, b_row;  // first rows of the tile in the 2-D maps of A [rows, K] and B [rows, K]
   int sa_row;        // row of A's scale map [rows = K blocks (x groups), M] holding K block 0
   int sb_block_row;  // row of the 128x128 B scales [groups x ceil(N/128), Kb] for this tile
+  int sb_block_rows; // ... and how many rows from there belong to the tile's columns (1..3)
   int kb_begin, kb_end;  // K blocks to accumulate (empty: the tile is zero, or c)
-  int rows;          // rows of the tile that are computed; later rows are written as zeros
+  int rows;          // rows of the tile that are computed; kMMasked writes no row past them
+};
+
+// Where a CTA's walk over the masked tiles stands: the tiles of groups before `group` number
+// `first_tile`; group `group` has `m_blocks` M blocks holding rows < masked_m.
+struct TileCursor {
+  int group = 0;
+  int first_tile = 0;
+  int m_blocks = -1;  // not yet read
 };
 
 // The tile schedule of every GemmKind. group_info is read on the device (and by host tests):
@@ -62,44 +72,65 @@ struct TileSchedule {
   GemmKind kind;
   int m, n, k;
   int groups;           // 1 for kDense and kMContiguous
-  int block_n;
+  int block_m, block_n;
   int group_m;          // rasterization: M blocks per L2 group (>= 1)
-  int expected_blocks;  // kMMasked: M blocks per group scheduled first (1..m blocks)
+  Multicast multicast;  // kDense only: tiles 2p, 2p+1 share A (differ in N) or B (differ in M)
   const int* group_info;
 
-  DX_HOST_DEVICE int m_blocks() const { return static_cast<int>(ceil_div(m, kBlockM)); }
+  DX_HOST_DEVICE int m_blocks() const { return static_cast<int>(ceil_div(m, block_m)); }
   DX_HOST_DEVICE int n_blocks() const { return static_cast<int>(ceil_div(n, block_n)); }
   DX_HOST_DEVICE int k_blocks() const { return static_cast<int>(ceil_div(k, kBlockK)); }
+  // Every tile of every kind but kMMasked, whose walk (next) visits only the M blocks holding rows.
   DX_HOST_DEVICE int tiles() const { return groups * m_blocks() * n_blocks(); }
 
-  // (output group, m block, n block) of tile t. kMMasked first walks every group's first
-  // expected_blocks M blocks (where the rows most likely are, so they spread over all CTAs), then
-  // the remaining M blocks ascending across groups (mostly zero-only tiles).
-  DX_HOST_DEVICE void locate(int t, int& g, TileCoord& c) const {
-    const int per_group = m_blocks() * n_blocks();
-    if (kind != GemmKind::kMMasked) {
-      g = t / per_group;
-      c = TileGrid{m_blocks(), n_blocks(), group_m}.coord(t - g * per_group);
-      return;
-    }
-    const int first = expected_blocks * n_blocks();
-    if (t < groups * first) {
-      g = t / first;
-      c = TileGrid{expected_blocks, n_blocks(), group_m}.coord(t - g * first);
-      return;
-    }
-    const int u = t - groups * first;
-    const int per_m_block = groups * n_blocks();
-    g = (u % per_m_block) / n_blocks();
-    c = TileCoord{expected_blocks + u / per_m_block, u % n_blocks()};
+  // M blocks of masked group g that hold rows (masked_m beyond Mmax counts as Mmax).
+  DX_HOST_DEVICE int masked_m_blocks(int g) const {
+    const int rows = group_info[g] < m ? group_info[g] : m;
+    return rows > 0 ? static_cast<int>(ceil_div(rows, block_m)) : 0;
   }
 
-  DX_HOST_DEVICE TileWork work(int t) const {
+  // Tile t of this CTA's walk (t ascending between calls with one cursor): false past the last.
+  DX_HOST_DEVICE bool next(int t, TileCursor& cursor, TileWork& w) const {
     int g;
     TileCoord c;
-    locate(t, g, c);
+    if (kind == GemmKind::kMMasked) {
+      while (true) {
+        if (cursor.group >= groups) return false;
+        if (cursor.m_blocks < 0) cursor.m_blocks = masked_m_blocks(cursor.group);
+        const int count = cursor.m_blocks * n_blocks();
+        if (t < cursor.first_tile + count) break;
+        cursor.first_tile += count;
+        cursor.group += 1;
+        cursor.m_blocks = -1;
+      }
+      g = cursor.group;
+      c = TileGrid{cursor.m_blocks, n_blocks(), group_m}.coord(t - cursor.first_tile);
+    } else {
+      if (t >= tiles()) return false;
+      const int per_group = m_blocks() * n_blocks();
+      g = t / per_group;
+      c = coord(t - g * per_group);
+    }
+    w = work(g, c);
+    return true;
+  }
+
+  // (m block, n block) of tile t of a group; a cluster's pair of tiles differs in one of them.
+  DX_HOST_DEVICE TileCoord coord(int t) const {
+    if (multicast == Multicast::kNone) return TileGrid{m_blocks(), n_blocks(), group_m}.coord(t);
+    const int rank = t & 1;
+    if (multicast == Multicast::kA) {
+      const TileCoord pair = TileGrid{m_blocks(), n_blocks() / 2, group_m}.coord(t >> 1);
+      return {pair.m_block, 2 * pair.n_block + rank};
+    }
+    const int pair_group_m = group_m > 1 ? group_m / 2 : 1;
+    const TileCoord pair = TileGrid{m_blocks() / 2, n_blocks(), pair_group_m}.coord(t >> 1);
+    return {2 * pair.m_block + rank, pair.n_block};
+  }
+
+  DX_HOST_DEVICE TileWork work(int g, TileCoord c) const {
     TileWork w;
-    w.m0 = c.m_block * kBlockM;
+    w.m0 = c.m_block * block_m;
     w.n0 = c.n_block * block_n;
     w.out_group = g;
     w.group = g;
@@ -108,7 +139,7 @@ struct TileSchedule {
     w.sa_row = 0;
     w.kb_begin = 0;
     w.kb_end = k_blocks();
-    w.rows = kBlockM;
+    w.rows = block_m;
     const int n_scale_blocks = static_cast<int>(ceil_div(n, kQuantGroup));
     if (kind == GemmKind::kMContiguous) {
       w.group = group_info[w.m0];  // the block's first row names its group (padding follows rows)
@@ -116,11 +147,8 @@ struct TileSchedule {
     } else if (kind == GemmKind::kMMasked) {
       w.a_row = g * m + w.m0;
       w.sa_row = g * k_blocks();
-      w.rows = group_info[g] - w.m0;
-      if (w.rows <= 0) {
-        w.rows = 0;
-        w.kb_end = 0;
-      }
+      const int rows = (group_info[g] < m ? group_info[g] : m) - w.m0;
+      w.rows = rows < block_m ? rows : block_m;
     } else if (kind == GemmKind::kKGrouped) {
       w.kb_begin = group_info[g] / kBlockK;
       w.kb_end = group_info[g + 1] / kBlockK;
@@ -128,10 +156,13 @@ struct TileSchedule {
     const int b_group = w.group < 0 ? 0 : w.group;
     if (kind == GemmKind::kMContiguous || kind == GemmKind::kMMasked) w.b_row += b_group * n;
     w.sb_block_row = b_group * n_scale_blocks + w.n0 / kQuantGroup;
+    const int last_col = (w.n0 + block_n < n ? w.n0 + block_n : n) - 1;
+    w.sb_block_rows = last_col / kQuantGroup - w.n0 / kQuantGroup + 1;
     return w;
   }
 
-  // Whether row r (0 <= r < kBlockM) of tile w holds a product; other rows are stored as zeros.
+  // Whether row r (0 <= r < block_m) of tile w holds a product; other rows are stored as zeros
+  // (kMContiguous) or not at all (kMMasked).
   DX_HOST_DEVICE bool row_computed(const TileWork& w, int r) const {
     if (r >= w.rows) return false;
     return kind != GemmKind::kMContiguous || group_info[w.m0 + r] == w.group;
@@ -143,17 +174,10 @@ DX_HOST_DEVICE int blocks_of(int64_t extent, int size) {
   return static_cast<int>(ceil_div(extent, size));
 }
 
-// Persistent grid: never more CTAs than tiles, never more than the SMs granted.
-DX_HOST_DEVICE int persistent_ctas(int tiles, int num_sms) { return tiles < num_sms ? tiles : num_sms; }
-
-// Tile width: 64 when 128-wide tiles would leave SMs idle (few tiles, or a poor last wave).
-// Estimated time = waves x width, 64-wide tiles charged 25% more per column (A is read twice as
-// often and the per-tile costs are spread over half the work).
-DX_HOST_DEVICE int choose_block_n(int64_t m, int64_t n, int num_sms) {
-  const int64_t m_blocks = ceil_div(m, kBlockM);
-  const int64_t waves_wide = ceil_div(m_blocks * ceil_div(n, 128), num_sms);
-  const int64_t waves_narrow = ceil_div(m_blocks * ceil_div(n, 64), num_sms);
-  return waves_narrow * 64 * 5 < waves_wide * 128 * 4 ? 64 : 128;
+// Persistent grid: never more CTAs than tiles, never more than the SMs granted, whole clusters.
+DX_HOST_DEVICE int persistent_ctas(int tiles, int num_sms, int cluster = 1) {
+  const int ctas = tiles < num_sms ? tiles : num_sms;
+  return ctas / cluster * cluster;
 }
 
 }  // namespace dx::gemm

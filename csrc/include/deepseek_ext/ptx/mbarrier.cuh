@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "deepseek_ext/common.cuh"
+#include "deepseek_ext/ptx/sys_memory.cuh"
 
 namespace dx::ptx {
 
@@ -40,6 +41,16 @@ __device__ __forceinline__ void mbarrier_arrive(uint32_t bar DX_SITE_PARAM) {
 #endif
 }
 
+// Arrival on a barrier of another block of the cluster (`bar`: a shared::cluster address from
+// cluster_map_shared), with release semantics at cluster scope.
+__device__ __forceinline__ void mbarrier_arrive_cluster(uint32_t bar DX_SITE_PARAM) {
+#if defined(DX_EMULATE)
+  emu::mbarrier_arrive_cluster(bar, dx_site);
+#else
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(bar) : "memory");
+#endif
+}
+
 // True once the phase with parity `parity` has completed (acquire semantics at CTA scope).
 __device__ __forceinline__ bool mbarrier_try_wait_parity(uint32_t bar, uint32_t parity DX_SITE_PARAM) {
 #if defined(DX_EMULATE)
@@ -59,9 +70,27 @@ __device__ __forceinline__ bool mbarrier_try_wait_parity(uint32_t bar, uint32_t 
 #endif
 }
 
-__device__ __forceinline__ void mbarrier_wait_parity(uint32_t bar, uint32_t parity DX_SITE_PARAM) {
+// Built with DX_DEBUG_HANGS (DEEPSEEK_EXT_DEBUG_HANGS=1), a wait that lasts kHangTimeoutNs
+// prints where it hangs (`stage`: the caller's ring stage, or -1) and traps instead of hanging
+// silently; the emulator reports deadlocks itself.
+constexpr uint64_t kHangTimeoutNs = 10'000'000'000ull;
+
+__device__ __forceinline__ void mbarrier_wait_parity(uint32_t bar, uint32_t parity, int stage = -1 DX_SITE_PARAM) {
+#if defined(DX_DEBUG_HANGS) && !defined(DX_EMULATE)
+  const uint64_t start = globaltimer_ns();
+  while (!ptx::mbarrier_try_wait_parity(bar, parity)) {
+    if (globaltimer_ns() - start > kHangTimeoutNs) {
+      printf("deepseek_ext: mbarrier wait timed out after 10 s: block (%d,%d,%d) thread %d stage %d parity %u "
+             "barrier 0x%x\n",
+             blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, stage, parity, bar);
+      __trap();
+    }
+  }
+#else
+  (void)stage;
   while (!ptx::mbarrier_try_wait_parity(bar, parity DX_SITE_ARG)) {
   }
+#endif
 }
 
 }  // namespace dx::ptx

@@ -31,6 +31,22 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* tensor_map
 #endif
 }
 
+// tma_load_2d into the same shared offset of every cluster block in `cta_mask`, completing there on
+// the barrier at `bar`'s offset.
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const void* tensor_map, int32_t inner,
+                                                      int32_t outer, uint32_t bar, uint16_t cta_mask DX_SITE_PARAM) {
+#if defined(DX_EMULATE)
+  const int32_t coords[2] = {inner, outer};
+  emu::tma_load_multicast(dst, tensor_map, coords, 2, bar, cta_mask, dx_site);
+#else
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(inner), "r"(outer), "r"(bar), "h"(cta_mask)
+      : "memory");
+#endif
+}
+
 // Global tile at (inner, middle, outer) of a 3-D tensor map -> shared memory; completes `bytes` on
 // mbarrier `bar`.
 __device__ __forceinline__ void tma_load_3d(uint32_t dst, const void* tensor_map, int32_t inner, int32_t middle,

@@ -41,56 +41,96 @@ __device__ __forceinline__ void fence_operand(float& r) {
 #endif
 }
 
-// d[64x128] (+)= A[64x32] * B[128x32]^T, e4m3 inputs from shared-memory descriptors, fp32
-// accumulators; accumulate=false overwrites d. Both operands are K-major.
-__device__ __forceinline__ void wgmma_m64n128k32_f32_e4m3(float (&d)[64], uint64_t desc_a,
-                                                          uint64_t desc_b, bool accumulate DX_SITE_PARAM) {
-#if defined(DX_EMULATE)
-  emu::wgmma_mma_async_e4m3(128, d, desc_a, desc_b, accumulate, dx_site);
-#else
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3\n"
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,\n"
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,\n"
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},\n"
-      "%64, %65, p, 1, 1;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b), "r"(static_cast<uint32_t>(accumulate)));
-#endif
-}
+// d[64 x N] (+)= A[64x32] * B[Nx32]^T, e4m3 inputs from shared-memory descriptors, fp32
+// accumulators (N / 2 per thread); accumulate=false overwrites d. Both operands are K-major.
+// One asm per N (a multiple of 16 up to 192): the descriptors and the scale-d flag are operands
+// %0-%2, so accumulator k is always %(3 + k) and the register list is whole groups of 8.
+#define DX_WGMMA_REGS_0 "%3, %4, %5, %6, %7, %8, %9, %10"
+#define DX_WGMMA_REGS_1 ", %11, %12, %13, %14, %15, %16, %17, %18"
+#define DX_WGMMA_REGS_2 ", %19, %20, %21, %22, %23, %24, %25, %26"
+#define DX_WGMMA_REGS_3 ", %27, %28, %29, %30, %31, %32, %33, %34"
+#define DX_WGMMA_REGS_4 ", %35, %36, %37, %38, %39, %40, %41, %42"
+#define DX_WGMMA_REGS_5 ", %43, %44, %45, %46, %47, %48, %49, %50"
+#define DX_WGMMA_REGS_6 ", %51, %52, %53, %54, %55, %56, %57, %58"
+#define DX_WGMMA_REGS_7 ", %59, %60, %61, %62, %63, %64, %65, %66"
+#define DX_WGMMA_REGS_8 ", %67, %68, %69, %70, %71, %72, %73, %74"
+#define DX_WGMMA_REGS_9 ", %75, %76, %77, %78, %79, %80, %81, %82"
+#define DX_WGMMA_REGS_10 ", %83, %84, %85, %86, %87, %88, %89, %90"
+#define DX_WGMMA_REGS_11 ", %91, %92, %93, %94, %95, %96, %97, %98"
+#define DX_WGMMA_ACC8(b)                                                                          \
+  "+f"(d[b]), "+f"(d[b + 1]), "+f"(d[b + 2]), "+f"(d[b + 3]), "+f"(d[b + 4]), "+f"(d[b + 5]), \
+      "+f"(d[b + 6]), "+f"(d[b + 7])
+#define DX_WGMMA_ASM(N, REGS, ...)                                                          \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n"                                 \
+               "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 {" REGS "}, %0, %1, p, 1, 1;\n}" \
+               : "+l"(a), "+l"(b), "+r"(scale_d), __VA_ARGS__)
 
-// d[64x64] (+)= A[64x32] * B[64x32]^T: as above with an N=64 tile.
-__device__ __forceinline__ void wgmma_m64n64k32_f32_e4m3(float (&d)[32], uint64_t desc_a,
-                                                         uint64_t desc_b, bool accumulate DX_SITE_PARAM) {
+template <int N>
+__device__ __forceinline__ void wgmma_m64nNk32_f32_e4m3(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
+                                                        bool accumulate DX_SITE_PARAM) {
+  static_assert(N % 16 == 0 && N >= 16 && N <= 192, "wgmma N: a multiple of 16 up to 192");
 #if defined(DX_EMULATE)
-  emu::wgmma_mma_async_e4m3(64, d, desc_a, desc_b, accumulate, dx_site);
+  emu::wgmma_mma_async_e4m3(N, d, desc_a, desc_b, accumulate, dx_site);
 #else
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3\n"
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31},\n"
-      "%32, %33, p, 1, 1;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b), "r"(static_cast<uint32_t>(accumulate)));
+  uint64_t a = desc_a, b = desc_b;  // read-write operands only to number them first
+  uint32_t scale_d = accumulate ? 1u : 0u;
+  if constexpr (N == 16) {
+    DX_WGMMA_ASM(16, DX_WGMMA_REGS_0, DX_WGMMA_ACC8(0));
+  } else if constexpr (N == 32) {
+    DX_WGMMA_ASM(32, DX_WGMMA_REGS_0 DX_WGMMA_REGS_1, DX_WGMMA_ACC8(0), DX_WGMMA_ACC8(8));
+  } else if constexpr (N == 48) {
+    DX_WGMMA_ASM(48, DX_WGMMA_REGS_0 DX_WGMMA_REGS_1 DX_WGMMA_REGS_2, DX_WGMMA_ACC8(0), DX_WGMMA_ACC8(8),
+                 DX_WGMMA_ACC8(16));
+  } else if constexpr (N == 64) {
+    DX_WGMMA_ASM(64, DX_WGMMA_REGS_0 DX_WGMMA_REGS_1 DX_WGMMA_REGS_2 DX_WGMMA_REGS_3, DX_WGMMA_ACC8(0),
+                 DX_WGMMA_ACC8(8), DX_WGMMA_ACC8(16), DX_WGMMA_ACC8(24));
+  } else if constexpr (N == 80) {
+    DX_WGMMA_ASM(80, DX_WGMMA_REGS_0 DX_WGMMA_REGS_1 DX_WGMMA_REGS_2 DX_WGMMA_REGS_3 DX_WGMMA_REGS_4,
+                 DX_WGMMA_ACC8(0), DX_WGMMA_ACC8(8), DX_WGMMA_ACC8(16), DX_WGMMA_ACC8(24), DX_WGMMA_ACC8(32));
+  } else if constexpr (N == 96) {
+    DX_WGMMA_ASM(96, DX_WGMMA_REGS_0 DX_WGMMA_REGS_1 DX_WGMMA_REGS_2 DX_WGMMA_REGS_3 DX_WGMMA_REGS_4 DX_WGMMA_REGS_5,
+                 DX_WGMMA_ACC8(0), DX_WGMMA_ACC8(8), DX_WGMMA_ACC8(16), DX_WGMMA_ACC8(24), DX_WGMMA_ACC8(32),
+                 DX_WGMMA_ACC8(40));
+  } else if constexpr (N == 112) {
+    DX_WGMMA_ASM(112,
+                 DX_WGMMA_REGS_0 DX_WGMMA_REGS_1 DX_WGMMA_REGS_2 DX_WGMMA_REGS_3 DX_WGMMA_REGS_4 DX_WGMMA_REGS_5
+                     DX_WGMMA_REGS_6,
+                 DX_WGMMA_ACC8(0), DX_WGMMA_ACC8(8), DX_WGMMA_ACC8(16), DX_WGMMA_ACC8(24), DX_WGMMA_ACC8(32),
+                 DX_WGMMA_ACC8(40), DX_WGMMA_ACC8(48));
+  } else if constexpr (N == 128) {
+    DX_WGMMA_ASM(128,
+                 DX_WGMMA_REGS_0 DX_WGMMA_REGS_1 DX_WGMMA_REGS_2 DX_WGMMA_REGS_3 DX_WGMMA_REGS_4 DX_WGMMA_REGS_5
+                     DX_WGMMA_REGS_6 DX_WGMMA_REGS_7,
+                 DX_WGMMA_ACC8(0), DX_WGMMA_ACC8(8), DX_WGMMA_ACC8(16), DX_WGMMA_ACC8(24), DX_WGMMA_ACC8(32),
+                 DX_WGMMA_ACC8(40), DX_WGMMA_ACC8(48), DX_WGMMA_ACC8(56));
+  } else if constexpr (N == 144) {
+    DX_WGMMA_ASM(144,
+                 DX_WGMMA_REGS_0 DX_WGMMA_REGS_1 DX_WGMMA_REGS_2 DX_WGMMA_REGS_3 DX_WGMMA_REGS_4 DX_WGMMA_REGS_5
+                     DX_WGMMA_REGS_6 DX_WGMMA_REGS_7 DX_WGMMA_REGS_8,
+                 DX_WGMMA_ACC8(0), DX_WGMMA_ACC8(8), DX_WGMMA_ACC8(16), DX_WGMMA_ACC8(24), DX_WGMMA_ACC8(32),
+                 DX_WGMMA_ACC8(40), DX_WGMMA_ACC8(48), DX_WGMMA_ACC8(56), DX_WGMMA_ACC8(64));
+  } else if constexpr (N == 160) {
+    DX_WGMMA_ASM(160,
+                 DX_WGMMA_REGS_0 DX_WGMMA_REGS_1 DX_WGMMA_REGS_2 DX_WGMMA_REGS_3 DX_WGMMA_REGS_4 DX_WGMMA_REGS_5
+                     DX_WGMMA_REGS_6 DX_WGMMA_REGS_7 DX_WGMMA_REGS_8 DX_WGMMA_REGS_9,
+                 DX_WGMMA_ACC8(0), DX_WGMMA_ACC8(8), DX_WGMMA_ACC8(16), DX_WGMMA_ACC8(24), DX_WGMMA_ACC8(32),
+                 DX_WGMMA_ACC8(40), DX_WGMMA_ACC8(48), DX_WGMMA_ACC8(56), DX_WGMMA_ACC8(64), DX_WGMMA_ACC8(72));
+  } else if constexpr (N == 176) {
+    DX_WGMMA_ASM(176,
+                 DX_WGMMA_REGS_0 DX_WGMMA_REGS_1 DX_WGMMA_REGS_2 DX_WGMMA_REGS_3 DX_WGMMA_REGS_4 DX_WGMMA_REGS_5
+                     DX_WGMMA_REGS_6 DX_WGMMA_REGS_7 DX_WGMMA_REGS_8 DX_WGMMA_REGS_9 DX_WGMMA_REGS_10,
+                 DX_WGMMA_ACC8(0), DX_WGMMA_ACC8(8), DX_WGMMA_ACC8(16), DX_WGMMA_ACC8(24), DX_WGMMA_ACC8(32),
+                 DX_WGMMA_ACC8(40), DX_WGMMA_ACC8(48), DX_WGMMA_ACC8(56), DX_WGMMA_ACC8(64), DX_WGMMA_ACC8(72),
+                 DX_WGMMA_ACC8(80));
+  } else {
+    DX_WGMMA_ASM(192,
+                 DX_WGMMA_REGS_0 DX_WGMMA_REGS_1 DX_WGMMA_REGS_2 DX_WGMMA_REGS_3 DX_WGMMA_REGS_4 DX_WGMMA_REGS_5
+                     DX_WGMMA_REGS_6 DX_WGMMA_REGS_7 DX_WGMMA_REGS_8 DX_WGMMA_REGS_9 DX_WGMMA_REGS_10
+                         DX_WGMMA_REGS_11,
+                 DX_WGMMA_ACC8(0), DX_WGMMA_ACC8(8), DX_WGMMA_ACC8(16), DX_WGMMA_ACC8(24), DX_WGMMA_ACC8(32),
+                 DX_WGMMA_ACC8(40), DX_WGMMA_ACC8(48), DX_WGMMA_ACC8(56), DX_WGMMA_ACC8(64), DX_WGMMA_ACC8(72),
+                 DX_WGMMA_ACC8(80), DX_WGMMA_ACC8(88));
+  }
 #endif
 }
 
