@@ -29,6 +29,7 @@ class Mutation:
 
 
 GEMM = ("tests/test_gemm_gpu.py", "-k", "emulate")
+GEMM_VARIANTS = ("tests/test_gemm_variants.py", "-k", "emulate and dense and (m128n128 or m64n48) and bf16")
 EP_LOOPBACK = ("tests/test_ep_gpu.py", "-k", "emulate and loopback")
 CAST_TRANSPOSE = ("tests/test_quant_gpu.py", "-k", "emulate and cast_with_transpose")
 PER_BLOCK = ("tests/test_quant_gpu.py", "-k", "emulate and per_block")
@@ -42,16 +43,25 @@ MUTATIONS = (
     Mutation("K-step advance of 64 B", "gemm/smem_desc.cuh", "return desc + static_cast<uint64_t>((k_slice * kWgmmaK) >> 4);",
              "return desc + static_cast<uint64_t>((k_slice * 2 * kWgmmaK) >> 4);", GEMM),
     Mutation("expect_tx one box short", "gemm/producer.cuh",
-             "constexpr uint32_t kStageBytes = SmemLayout::kTileABytes + kLayout.tile_b_bytes() +",
+             "constexpr uint32_t kStageBytes = kLayout.tile_a_bytes() + kLayout.tile_b_bytes() +",
              "constexpr uint32_t kStageBytes = kLayout.tile_b_bytes() +", GEMM),
     Mutation("empty-barrier count off by one", "gemm/fp8_gemm_kernel.cuh",
-             "ptx::mbarrier_init(smem + kLayout.empty_barrier(s), kConsumerWarps);",
-             "ptx::mbarrier_init(smem + kLayout.empty_barrier(s), kConsumerWarps + 1);", GEMM),
+             "kConsumerThreads / 32 * cluster_size(p.sched.multicast));",
+             "kConsumerThreads / 32 * cluster_size(p.sched.multicast) + 1);", GEMM),
     Mutation("missing wgmma.wait_group", "gemm/consumer.cuh", "      ptx::wgmma_wait_group<0>();\n", "", GEMM),
     Mutation("missing fence.proxy.async", "gemm/epilogue.cuh", "  ptx::fence_proxy_async_shared();\n", "", GEMM),
     Mutation("scale promotion with the wrong K block", "gemm/consumer.cuh",
-             "__ldg(p.sb_blocks + static_cast<int64_t>(w.sb_block_row) * p.ld_sb_blocks + kb)",
-             "__ldg(p.sb_blocks + static_cast<int64_t>(w.sb_block_row) * p.ld_sb_blocks + w.kb_begin)", GEMM),
+             "sb.blocks[r] = sb_staged[r * kScaleBChunk + chunk_kb];", "sb.blocks[r] = sb_staged[r * kScaleBChunk];",
+             GEMM),
+    Mutation("no arrival on the cluster peer's empty barrier", "gemm/consumer.cuh",
+             "        if (clustered) ptx::mbarrier_arrive_cluster(ptx::cluster_map_shared(empty, cluster_rank ^ 1));\n",
+             "", GEMM_VARIANTS),
+    Mutation("both CTAs of a cluster load the same half of B", "gemm/producer.cuh",
+             "multicast == Multicast::kB ? static_cast<int>(cluster_rank) * kBlockN / 2 : 0",
+             "multicast == Multicast::kB ? 0 : 0", GEMM_VARIANTS),
+    Mutation("B scale block chosen without the tile's column offset", "gemm/consumer.cuh",
+             "const int r = (n_offset + 8 * j) / kQuantGroup;", "const int r = (8 * j) / kQuantGroup;",
+             GEMM_VARIANTS),
     Mutation("lost release on an EP flag", "ep/barrier.cuh",
              "    __threadfence_system();  // this block's writes (local and to peers) before its arrival\n"
              "    ptx::red_add_release_gpu(c.grid_arrivals, 1);",
