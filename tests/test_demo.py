@@ -3,6 +3,7 @@ to end (progress, summary, PNG, Ctrl-C + --resume), its errors, and what the whe
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tqdm import tqdm
 
 from deepseek_ext.demo.cli import load_corpus, main
 from deepseek_ext.demo.corpus import Corpus, load_corpus_bytes
 from deepseek_ext.demo.plots import moving_average
-from deepseek_ext.demo.progress import ProgressBar
+from deepseek_ext.demo.progress import training_bar
 from deepseek_ext.demo.trainer import WARMUP_STEPS, DemoRun, RunSettings, lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,14 +112,19 @@ def test_training_lowers_the_loss_and_balances_the_experts():
     assert run.held_out_loss() < losses[0]
 
 
-def test_progress_bar_without_a_terminal_prints_a_line_per_tenth():
+TQDM_BAR = r"training: +100%\|[^|]*\| {done}/{total} \[\d\d:\d\d<00:00, +[\d.]+(step/s|s/step), loss {loss}\]"
+
+
+def test_progress_is_a_tqdm_bar_that_resumes_where_the_run_stopped():
     out = StringIO()
-    bar = ProgressBar(50, stream=out)
-    for i in range(1, 51):
-        bar.update(i, f"loss {i}")
+    bar = training_bar(50, 20, file=out)
+    assert isinstance(bar, tqdm) and bar.n == 20
+    for i in range(21, 51):
+        bar.set_postfix_str(f"loss {i / 10:.3f}", refresh=False)
+        bar.update()
     bar.close()
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 10 and lines[-1].startswith("[" + "#" * 30 + "] 50/50 loss 50")
+    final = out.getvalue().split("\r")[-1]
+    assert re.match(TQDM_BAR.format(done=50, total=50, loss="5.000"), final), final
 
 
 def test_moving_average():
@@ -127,7 +134,7 @@ def test_moving_average():
 def test_cli_end_to_end(tmp_path):
     res = subprocess.run(demo_cmd(tmp_path, "--steps", "30"), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    assert "30/30" in res.stderr  # the progress bar
+    assert re.search(TQDM_BAR.format(done=30, total=30, loss=r"\d+\.\d{3}"), res.stderr), res.stderr[-500:]
     for text in ("tokens/s", "expert load", "accepted", "identical to plain greedy decoding: True", "layer 1"):
         assert text in res.stdout
     s = json.loads((tmp_path / "summary.json").read_text())
@@ -194,8 +201,10 @@ def test_console_script_and_corpus_are_in_the_wheel(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+        metadata_text = next(z.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
     assert "deepseek_ext/demo/corpus.txt" in names and "deepseek_ext/demo/__main__.py" in names
     assert "deepseek-ext = deepseek_ext.demo.cli:main" in entry_points
+    assert re.search(r"^Requires-Dist: tqdm", metadata_text, re.M)  # the demo's progress bar
 
 
 def test_console_script_is_installed():

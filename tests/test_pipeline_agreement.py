@@ -56,7 +56,7 @@ def agreement_worker(rank, init_file, out_dir):
     x = _data(8)
     labels = (x,) if rank == 0 else x
     messages["local"] = _expect_error(
-        r"labels: expected a tuple of tensors, got Tensor \[DualPipe step: failed on rank 1\]",
+        r"labels: expected a tuple or list of tensors, got Tensor \[DualPipe step: failed on rank 1\]",
         lambda: pipe.step(x, num_chunks=4, criterion=criterion, labels=labels))
 
     # rank 1 fails (too few rows for its chunks), rank 0 fails differently (no inputs): both named

@@ -30,15 +30,21 @@ class Block(nn.Module):
 
 
 class OverlapBlock(Block):
-    """Defines the F&B hook: runs the backward first, then the forward (any interleaving is allowed)."""
+    """Defines upstream DualPipe's F&B hook: runs the backward first, then the forward and its loss
+    (any interleaving is allowed)."""
 
     calls = 0
 
     @classmethod
-    def overlapped_forward_backward(cls, forward_module, forward_inputs, backward_module, tensors, grads):
+    def overlapped_forward_backward(cls, module0, inputs0, criterion0, labels0, module1, loss1, outputs1,
+                                    output_grads1):
         cls.calls += 1
-        torch.autograd.backward(tensors, grads)
-        return forward_module(*forward_inputs)
+        if loss1 is not None:
+            loss1.backward()
+        else:
+            torch.autograd.backward(outputs1, output_grads1)
+        outputs0 = module0(*inputs0)
+        return outputs0, None if criterion0 is None else criterion0(outputs0, *labels0)
 
 
 def criterion(output, label):
@@ -230,7 +236,7 @@ def test_bad_configurations_raise():
         pipe.step(x, num_chunks=1, criterion=criterion, labels=(x,))
     with pytest.raises(TypeError, match="num_chunks: expected an int"):
         pipe.step(x, num_chunks=2.0, criterion=criterion, labels=(x,))
-    with pytest.raises(ValueError, match="criterion: required when grad is enabled"):
+    with pytest.raises(ValueError, match="criterion: required on rank 0, where a route of DualPipeV ends, when grad"):
         pipe.step(x, num_chunks=2)
     with pytest.raises(ValueError, match=r"inputs\[0\]: needs at least num_chunks=16 rows"):
         pipe.step(x, num_chunks=16, criterion=criterion, labels=(x,))
@@ -238,7 +244,7 @@ def test_bad_configurations_raise():
         pipe.step(x, num_chunks=4, criterion=criterion, labels=(x[:3],))
     with pytest.raises(ValueError, match="inputs: rank 0 starts a route of DualPipeV and needs inputs"):
         pipe.step(num_chunks=2, criterion=criterion, labels=(x,))
-    with pytest.raises(TypeError, match="labels: expected a tuple of tensors"):
+    with pytest.raises(TypeError, match="labels: expected a tuple or list of tensors"):
         pipe.step(x, num_chunks=2, criterion=criterion, labels=x)
 
 

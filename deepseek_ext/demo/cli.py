@@ -22,7 +22,7 @@ import deepseek_ext as dx
 from deepseek_ext._backend import uses_kernels
 from deepseek_ext.demo.corpus import Corpus, decode, load_corpus_bytes
 from deepseek_ext.demo.plots import write_training_png
-from deepseek_ext.demo.progress import ProgressBar
+from deepseek_ext.demo.progress import training_bar
 from deepseek_ext.demo.trainer import PRESET_DEFAULTS, DemoRun, NonFiniteLoss, RunSettings, tmp_path_for
 from deepseek_ext.models import generate
 from deepseek_ext.nn.moe import DeepSeekMoE
@@ -226,12 +226,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.n_mtp_modules} MTP module) on {device}, backend {dx.backend()}, "
           f"{'FP8' if run.settings.fp8 else 'bf16'}" + (f"; resumed at step {run.step}" if run.step else ""),
           flush=True)
-    bar = ProgressBar(run.settings.steps, run.step)
+    bar = training_bar(run.settings.steps, run.step)
     with stop_on_sigint() as stop:
         try:
             while not run.done and not stop:
                 loss = run.train_step()
-                bar.update(run.step, f"loss {loss:.3f}")
+                bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
+                bar.update()
                 if run.step % args.checkpoint_every == 0 or run.done:
                     run.save(args.checkpoint)
         except NonFiniteLoss as e:

@@ -6,6 +6,8 @@ holds the tensors they belong to. Sends are asynchronous; receives block until t
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 
@@ -44,15 +46,14 @@ def decode_header(header: torch.Tensor) -> list[tuple[torch.dtype, tuple[int, ..
 
 
 class PeerLink:
-    """Sends and receives of one rank inside a process group; sends stay pending until wait_sends()."""
+    """Sends and receives of one rank inside a process group; sends stay pending until wait_sends().
+    Peers are pipeline ranks, which ``global_rank`` turns into torch.distributed ranks."""
 
-    def __init__(self, group, device: torch.device):
+    def __init__(self, group, device: torch.device, global_rank: Callable[[int], int]):
         self.group = group
         self.device = device
+        self._global = global_rank
         self._pending: list = []  # (work, tensors kept alive until sent)
-
-    def _global(self, peer: int) -> int:
-        return dist.get_global_rank(self.group, peer) if self.group is not None else peer
 
     def send(self, tensors: tuple[torch.Tensor, ...], peer: int, tag: int, with_header: bool) -> None:
         payload = [t.detach().contiguous() for t in tensors]

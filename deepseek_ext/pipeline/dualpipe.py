@@ -29,8 +29,7 @@ class DualPipe(TwoStagePipeline):
     def sum_mirror_grads(self) -> None:
         """grad(stage r) = grad of its copy on rank r + grad of its copy on rank PP-1-r, on both ranks
         (a + b == b + a in floating point, so the copies stay bitwise equal)."""
-        partner = dist.get_global_rank(self.group, self.num_ranks - 1 - self.rank) if self.group is not None \
-            else self.num_ranks - 1 - self.rank
+        partner = self.global_rank(self.num_ranks - 1 - self.rank)
         own = [self._flat_grads(m) for m in self.module]
         theirs = [torch.empty_like(own[1]), torch.empty_like(own[0])]  # theirs[i]: the partner's module i
         ops = [dist.P2POp(dist.isend, own[i], partner, self.group, tag=i) for i in range(2)]

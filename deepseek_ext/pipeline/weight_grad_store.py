@@ -8,7 +8,7 @@ backward pass; ``pop()`` later runs the oldest group (the pipeline's W pass). Wh
 """
 from __future__ import annotations
 
-from collections import deque
+import queue
 from typing import Callable
 
 import torch
@@ -17,38 +17,41 @@ from torch import nn
 
 
 class WeightGradStore:
+    """Class-level state, as in upstream DualPipe: ``cache`` is the open group (the current
+    backward pass), ``funcs_queue`` the FIFO of closed groups waiting for their W pass."""
+
     enabled: bool = False
-    _current: list[Callable[[], None]] = []
-    _groups: deque[list[Callable[[], None]]] = deque()
+    cache: list[Callable[[], None]] = []
+    funcs_queue: queue.Queue = queue.Queue()
 
     @classmethod
     def put(cls, closure: Callable[[], None]) -> None:
         if cls.enabled:
-            cls._current.append(closure)
+            cls.cache.append(closure)
         else:
             closure()
 
     @classmethod
     def flush(cls) -> None:
-        cls._groups.append(cls._current)
-        cls._current = []
+        cls.funcs_queue.put(cls.cache)
+        cls.cache = []
 
     @classmethod
     def pop(cls) -> None:
-        if not cls._groups:
+        if cls.funcs_queue.empty():
             raise RuntimeError("WeightGradStore.pop: no deferred weight gradients are waiting")
-        for closure in cls._groups.popleft():
+        for closure in cls.funcs_queue.get():
             closure()
 
     @classmethod
     def pending(cls) -> int:
-        return len(cls._groups) + bool(cls._current)
+        return cls.funcs_queue.qsize() + bool(cls.cache)
 
     @classmethod
     def clear(cls) -> None:
         cls.enabled = False
-        cls._current = []
-        cls._groups.clear()
+        cls.cache = []
+        cls.funcs_queue = queue.Queue()
 
 
 def _accumulate_grad(param: torch.Tensor, grad: torch.Tensor) -> None:
