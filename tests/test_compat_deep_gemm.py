@@ -27,8 +27,9 @@ def test_fp8_gemm_nt_with_row_major_scales_matches_dx_gemm():
     d = torch.empty(M, N, dtype=torch.bfloat16)
     deep_gemm.fp8_gemm_nt((aq, row_major(sa)), (bq, sb), d)
     assert torch.equal(d, dx.gemm.fp8_gemm_nt(aq, sa, bq, sb))
-    # DeepGEMM also takes the transposed-contiguous 128x128 scales of b
-    deep_gemm.fp8_gemm_nt((aq, row_major(sa)), (bq, sb.T.contiguous().T), d)
+    # DeepGEMM also takes the transposed-contiguous 128x128 scales of b, and per-operand recipes
+    d.zero_()
+    deep_gemm.fp8_gemm_nt((aq, row_major(sa)), (bq, sb.T.contiguous().T), d, recipe_a=(1, 128), recipe_b=(128, 128))
     assert torch.equal(d, dx.gemm.fp8_gemm_nt(aq, sa, bq, sb))
 
 
@@ -138,8 +139,8 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="recipe must be one of"):
         deep_gemm.fp8_gemm_nt((aq, sa), (bq, sb), d, recipe=(128, 128, 128))
     with pytest.raises(NotImplementedError, match="use_psum_layout"):
-        deep_gemm.m_grouped_fp8_gemm_nt_contiguous((aq, sa), (bq[None], sb[None]), d, torch.zeros(32, dtype=torch.int32),
-                                                   use_psum_layout=True)
+        deep_gemm.m_grouped_fp8_gemm_nt_contiguous((aq, sa), (bq[None], sb[None]), d,
+                                                   torch.zeros(32, dtype=torch.int32), use_psum_layout=True)
     with pytest.raises(NotImplementedError, match="128x128 scales for b"):
         deep_gemm.m_grouped_fp8_gemm_nt_masked((aq[None], sa[None]), (bq[None], sb[None]), d[None],
                                                torch.ones(1, dtype=torch.int32), 1, recipe=(1, 1, 128))

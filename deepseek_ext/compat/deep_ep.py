@@ -102,7 +102,8 @@ class Buffer:
                                       "without a CPU sync and can be captured in a CUDA graph")
         if group is None:
             if comm is not None:
-                raise NotImplementedError("comm (an mpi4py communicator) is not supported; pass a torch.distributed group")
+                raise NotImplementedError("comm (an mpi4py communicator) is not supported; "
+                                          "pass a torch.distributed group")
             raise ValueError("group must be a torch.distributed process group")
         for name, value in (("num_nvl_bytes", num_nvl_bytes), ("num_rdma_bytes", num_rdma_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

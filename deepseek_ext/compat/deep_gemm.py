@@ -116,9 +116,9 @@ def _granularities(recipe, recipe_a, recipe_b) -> tuple[int, int]:
     if (recipe_a is None) != (recipe_b is None):
         raise ValueError("recipe_a and recipe_b go together")
     if recipe_a is not None:
-        recipe = (recipe_a[0], recipe_b[0], recipe_a[1]) if recipe_a[1] == recipe_b[1] else None
-        if recipe is None:
+        if recipe_a[1] != recipe_b[1]:
             raise NotImplementedError(f"recipe_a {tuple(recipe_a)} and recipe_b {tuple(recipe_b)} must share gran_k")
+        recipe = (recipe_a[0], recipe_b[0], recipe_a[1])
     recipe = _DEFAULT_RECIPE if recipe is None else tuple(recipe)
     _check_gran_k(recipe[-1])
     if recipe not in _RECIPES:
