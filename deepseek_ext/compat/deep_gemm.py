@@ -215,7 +215,10 @@ def m_grouped_fp8_gemm_nt_masked(a, b, d: torch.Tensor, masked_m: torch.Tensor, 
     _check_out(d, (groups, m, n), (torch.bfloat16,))
     sfa = _required_layout(sfa, "a[1]", m, k, gran_a, groups)
     sfb = _required_layout(sfb, "b[1]", n, k, gran_b, groups)
-    d.copy_(gemm.m_grouped_fp8_gemm_nt_masked(a, sfa, b, sfb, masked_m, expected_m))
+    out = gemm.m_grouped_fp8_gemm_nt_masked(a, sfa, b, sfb, masked_m, expected_m)
+    # As in DeepGEMM, rows >= masked_m[g] of d keep what they held (no host sync to find them).
+    rows = torch.arange(m, device=d.device)[None, :] < masked_m.to(d.device)[:, None]
+    d.copy_(torch.where(rows[..., None], out, d))
 
 
 def k_grouped_fp8_gemm_tn_contiguous(a, b, d: torch.Tensor, ks: Sequence[int], ks_tensor: torch.Tensor,
