@@ -2,7 +2,8 @@
 // our kernels): warp collectives and barriers as the CUDA programming guide defines them, mbarrier
 // phases and transaction counts, TMA completion through the mbarrier, the async proxy, wgmma's
 // fence/commit/wait rules, setmaxnreg's rules, shared-memory scoping, the release/acquire monitor,
-// and the deadlock report.
+// thread-block clusters (mapa, remote arrivals, multicast, barrier.cluster), the launchers' error
+// details, and the deadlock report.
 #include "emu/runtime.h"
 
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "check.h"
+#include "deepseek_ext/ptx/cluster.cuh"
 #include "deepseek_ext/ptx/mbarrier.cuh"
 #include "deepseek_ext/ptx/sys_memory.cuh"
 #include "deepseek_ext/ptx/tma.cuh"
@@ -18,6 +20,7 @@
 #include "deepseek_ext/shared_memory.cuh"
 #include "emu/tensor_map.h"
 #include "launch/launch_kernel.h"
+#include "launch/tensor_map.h"
 
 namespace {
 
@@ -322,9 +325,84 @@ void test_release_acquire_monitor() {
                  "without release semantics"));
 }
 
+// --- thread-block clusters --------------------------------------------------------------------------
+// Pairs of blocks: each multicasts its half of a 32x32 tile into both blocks, then arrives on its
+// peer's "done" barrier (mapa + remote arrival); out[block][i] = the whole tile as each block saw it.
+enum ClusterMode { kPaired = 0, kNoRemoteArrival = 1, kMaskOutsideCluster = 2 };
+
+__global__ void cluster_exchange(const __grid_constant__ CUtensorMap half_rows, uint8_t* out, int mode) {
+  uint8_t* smem = dx::dynamic_shared_memory<uint8_t>();
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t tile = (base + 1023) / 1024 * 1024, full = tile + 2048, done = full + 8;
+  const uint32_t rank = dx::ptx::cluster_ctarank();
+  if (threadIdx.x == 0) {
+    dx::ptx::mbarrier_init(full, 1);
+    dx::ptx::mbarrier_init(done, 1);
+    dx::ptx::fence_mbarrier_init();
+  }
+  dx::ptx::cluster_sync();  // the peer's barriers exist before anything lands there
+  if (threadIdx.x == 0) {
+    dx::ptx::mbarrier_arrive_expect_tx(full, 32 * 32);  // both halves
+    const uint16_t mask = mode == kMaskOutsideCluster ? 0b100 : 0b11;
+    dx::ptx::tma_load_2d_multicast(tile + rank * 16 * 32, &half_rows, 0, static_cast<int>(rank) * 16, full, mask);
+  }
+  dx::ptx::mbarrier_wait_parity(full, 0);
+  uint8_t* data = smem + (tile - base);
+  for (int i = threadIdx.x; i < 32 * 32; i += blockDim.x) out[blockIdx.x * 32 * 32 + i] = data[i];
+  __syncthreads();
+  if (threadIdx.x == 0 && mode != kNoRemoteArrival) {
+    dx::ptx::mbarrier_arrive_cluster(dx::ptx::cluster_map_shared(done, rank ^ 1));
+  }
+  dx::ptx::mbarrier_wait_parity(done, 0);  // the peer read its tile
+  dx::ptx::cluster_sync();
+}
+
+void test_clusters() {
+  alignas(128) static uint8_t in[32 * 32];
+  for (int i = 0; i < 32 * 32; ++i) in[i] = static_cast<uint8_t>(i * 5 + 1);
+  CUtensorMap map;  // boxes of 16 rows: each block loads one half
+  const cuuint64_t dims[2] = {32, 32}, strides[1] = {32};
+  const cuuint32_t box[2] = {32, 16}, elem[2] = {1, 1};
+  CHECK(dx::emu::encode_tensor_map_tiled(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, in, dims, strides, box, elem,
+                                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                                         CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS);
+  std::vector<uint8_t> out(4 * 32 * 32, 0);
+  const size_t smem = 4096;
+  CHECK(dx::launch_clustered_kernel(cluster_exchange, 4, 64, smem, nullptr, false, 2, map, out.data(), kPaired) ==
+        cudaSuccess);
+  for (int b = 0; b < 4; ++b)
+    for (int i = 0; i < 32 * 32; ++i) CHECK(out[b * 32 * 32 + i] == in[i]);
+  // A block that never arrives on its peer's barrier leaves the peer waiting: a deadlock report.
+  const std::string err = launch_error(dx::launch_clustered_kernel(cluster_exchange, 2, 64, smem, nullptr, false, 2,
+                                                                   map, out.data(), kNoRemoteArrival));
+  CHECK(contains(err, "deadlock") && contains(err, "mbarrier"));
+  CHECK(contains(launch_error(dx::launch_clustered_kernel(cluster_exchange, 2, 64, smem, nullptr, false, 2, map,
+                                                          out.data(), kMaskOutsideCluster)),
+                 "outside the cluster"));
+  // Grids must hold whole clusters.
+  CHECK(dx::launch_clustered_kernel(cluster_exchange, 3, 64, smem, nullptr, false, 2, map, out.data(), kPaired) ==
+        cudaErrorInvalidClusterSize);
+}
+
+// --- launcher error details --------------------------------------------------------------------------
+void test_tensor_map_error_detail() {
+  alignas(128) static uint8_t data[64 * 64];
+  CUtensorMap map;
+  const uint32_t too_wide[3] = {300, 8, 1};  // boxes are at most 256 per dimension
+  CHECK(dx::encode_tensor_map(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, data, {64, 64, 1}, {64, 0}, too_wide) ==
+        cudaErrorInvalidValue);
+  const std::string detail = dx::take_error_detail();
+  CHECK(contains(detail, "cuTensorMapEncodeTiled returned CUresult 1") && contains(detail, "box [300, 8]") &&
+        contains(detail, "dims [64, 64]"));
+  CHECK(dx::take_error_detail().empty());  // taken once
+}
+
 }  // namespace
 
 int main() {
+  test_clusters();
+  test_tensor_map_error_detail();
   test_shuffles();
   test_divergent_collective_is_reported();
   test_static_shared_and_barrier();
