@@ -42,8 +42,9 @@ def write_json(rows: list[dict], meta: dict, path: Path) -> None:
 def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
     """The whole run as one markdown report: where and when it ran, then the table."""
     header = (f"# deepseek_ext benchmarks\n\n{meta['device']}, {meta['date']}, torch {meta['torch']}, "
-              f"backend {meta['backend']}. Throughput counts bytes read + written (TB/s) or 2*M*N*K "
-              f"(TFLOPS); every baseline was measured in the same run.\n\n")
+              f"backend {meta['backend']}. Throughput counts bytes read + written (TB/s), 2*M*N*K "
+              f"(TFLOPS) or eager op calls with the launch stubbed (calls/us: host time, suite host); "
+              f"every baseline was measured in the same run.\n\n")
     path.write_text(header + format_table(rows) + "\n")
 
 

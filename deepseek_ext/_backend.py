@@ -18,6 +18,10 @@ except ImportError:  # built without the CUDA headers, or DEEPSEEK_EXT_EMULATE=0
 
 _BACKEND_ENV = "DEEPSEEK_EXT_BACKEND"
 _BACKEND_CHOICES = ("auto", "reference", "cuda", "emulate")
+# Every op call reads the env var, so it is read from os.environ's own store: os.environ.get
+# re-encodes the key and decodes the value on each call (~1 us). Plain get where that store is absent.
+_ENVIRON_STORE = getattr(os.environ, "_data", None)
+_BACKEND_ENV_KEY = os.environ.encodekey(_BACKEND_ENV) if _ENVIRON_STORE is not None else None
 EMULATED_SMS = 132  # the emulator models an H200's SM count (csrc/emu/scheduler.h kSmCount)
 _num_sms: int | None = None
 
@@ -33,7 +37,13 @@ def has_emulation() -> bool:
 
 
 def _requested_backend() -> str:
-    value = os.environ.get(_BACKEND_ENV, "auto").strip().lower() or "auto"
+    return _parse_backend(os.environ.get(_BACKEND_ENV) if _ENVIRON_STORE is None
+                          else _ENVIRON_STORE.get(_BACKEND_ENV_KEY))
+
+
+@functools.cache
+def _parse_backend(raw: str | bytes | None) -> str:
+    value = os.fsdecode(raw or "").strip().lower() or "auto"
     if value not in _BACKEND_CHOICES:
         raise ValueError(f"{_BACKEND_ENV} must be one of {_BACKEND_CHOICES}, got {value!r}")
     return value
@@ -54,7 +64,7 @@ def uses_kernels(tensor: torch.Tensor) -> bool:
     requested = _requested_backend()
     if requested == "reference":
         return False
-    if requested == "emulate" and tensor.device.type == "cpu":
+    if requested == "emulate" and tensor.is_cpu:
         if _emu is None:
             raise RuntimeError(f"{_BACKEND_ENV}=emulate but deepseek_ext._emu was not built "
                                "(it needs a C++ compiler and the CUDA toolkit headers at install)")
@@ -90,10 +100,20 @@ def backend() -> str:
     return "cuda" if device.type == "cuda" and _kernels_available(device) else "reference"
 
 
+@functools.cache
+def _cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _device_sm_count() -> int:
-    if not torch.cuda.is_available():
+    if not _cuda_available():
         return EMULATED_SMS if _requested_backend() == "emulate" and _emu is not None else 0
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return _sm_count(torch.cuda.current_device())
 
 
 def set_num_sms(num_sms: int) -> None:

@@ -5,7 +5,7 @@ from collections.abc import Iterable
 
 import torch
 
-_ALIGN_BYTES = 16
+ALIGN_BYTES = 16
 
 
 def check_tensor(t, name: str, dtypes: Iterable[torch.dtype], min_dim: int = 1,
@@ -60,7 +60,7 @@ def row_stride(t: torch.Tensor, name: str) -> int:
             raise ValueError(f"{name}'s leading dims must be collapsible into rows, got shape "
                              f"{tuple(t.shape)} and strides {t.stride()}; call .contiguous() first")
     rows = t.numel() // t.shape[-1] if t.shape[-1] else 0  # leading dims flattened: [B, 1, K] has B rows
-    if rows > 1 and (ld * t.element_size()) % _ALIGN_BYTES:
+    if rows > 1 and (ld * t.element_size()) % ALIGN_BYTES:
         raise ValueError(f"{name}'s rows must start 16 bytes apart, got row stride {ld} "
                          f"elements of {t.element_size()} bytes")
     return ld
@@ -68,7 +68,7 @@ def row_stride(t: torch.Tensor, name: str) -> int:
 
 def check_aligned(t: torch.Tensor, name: str) -> None:
     """Start address check; runs inside the op implementations (real tensors, also under compile)."""
-    if t.numel() and t.data_ptr() % _ALIGN_BYTES:
+    if t.numel() and t.data_ptr() % ALIGN_BYTES:
         raise ValueError(f"{name} must start at a 16-byte aligned address")
 
 

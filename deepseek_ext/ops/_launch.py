@@ -9,8 +9,11 @@ DTYPE_CODE = {torch.bfloat16: 0, torch.float32: 1, torch.float8_e4m3fn: 2}  # dx
 
 
 def stream_handle_of(device: torch.device) -> int:
-    """The current stream of a CUDA device; 0 for the emulator (CPU tensors), whose launches run in order."""
-    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    """The current stream of a CUDA device; 0 for the emulator (CPU tensors), whose launches run in order.
+    The raw handle, read without building a torch.cuda.Stream (as torch.compile's generated code reads it)."""
+    if device.type != "cuda":
+        return 0
+    return torch._C._cuda_getCurrentRawStream(torch.cuda.current_device() if device.index is None else device.index)
 
 
 def stream_handle(t: torch.Tensor) -> int:
@@ -20,10 +23,11 @@ def stream_handle(t: torch.Tensor) -> int:
 def call(name: str, *args, device: torch.device) -> None:
     """Runs launcher `name` of the module serving `device` (the CUDA extension, or the emulator
     for CPU tensors) with `device` current; raises RuntimeError on a launch error."""
-    if device.type == "cuda":
+    launcher = getattr(kernel_module(device), name)
+    if device.type == "cuda" and device.index not in (None, torch.cuda.current_device()):
         with torch.cuda.device(device):  # the launch goes to the current device, the stream to the tensor's
-            error = getattr(kernel_module(device), name)(*args)
+            error = launcher(*args)
     else:
-        error = getattr(kernel_module(device), name)(*args)
+        error = launcher(*args)
     if error:
         raise RuntimeError(f"deepseek_ext kernel {name} failed: {error}")

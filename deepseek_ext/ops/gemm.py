@@ -12,8 +12,10 @@ from typing import Optional
 import torch
 
 from deepseek_ext._backend import uses_kernels
-from deepseek_ext.ops._checks import (check_aligned, check_contiguous, check_multiple, check_same_device,
-                                      check_shape, check_tensor)
+from deepseek_ext.ops import _gemm_kernels
+from deepseek_ext.ops._checks import (ALIGN_BYTES, check_aligned, check_contiguous, check_multiple,
+                                      check_same_device, check_shape, check_tensor)
+from deepseek_ext.ops._eager import EagerOp
 from deepseek_ext.reference import gemm as ref
 from deepseek_ext.reference.gemm import M_ALIGNMENT
 from deepseek_ext.reference.quant import FP8_DTYPE, GROUP, SCALE_ROW_ALIGN, ceil_div
@@ -82,9 +84,10 @@ def _optional(**tensors: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t for name, t in tensors.items() if t is not None}
 
 
-def _check_addresses(**tensors: Optional[torch.Tensor]) -> None:
-    for name, t in _optional(**tensors).items():
-        check_aligned(t, name)
+def _check_operand_addresses(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor) -> None:
+    if (a.data_ptr() | sa.data_ptr() | b.data_ptr() | sb.data_ptr()) % ALIGN_BYTES:  # one test when all aligned
+        for t, name in ((a, "a"), (sa, "sa"), (b, "b"), (sb, "sb")):
+            check_aligned(t, name)
 
 
 def _may_sync() -> bool:
@@ -103,39 +106,14 @@ def _check_index_range(t: torch.Tensor, name: str, low: int, high: int, may_sync
     """Values of t in [low, high] (when _can_read)."""
     if not _can_read(t, may_sync):
         return
-    lowest, highest = int(t.min()), int(t.max())
+    lowest, highest = map(int, torch.aminmax(t))
     if lowest < low or highest > high:
         raise ValueError(f"{name} values must be in [{low}, {high}], got min {lowest} and max {highest}")
 
 
 # --- fp8_gemm_nt -----------------------------------------------------------------------------
 
-@torch.library.custom_op("deepseek_ext::fp8_gemm_nt", mutates_args=())
-def _fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
-                 out_dtype: torch.dtype, c: Optional[torch.Tensor]) -> torch.Tensor:
-    _check_addresses(a=a, sa=sa, b=b, sb=sb, c=c)
-    if not uses_kernels(a) or a.numel() == 0 or b.numel() == 0:
-        return ref.fp8_gemm_nt(a, sa, b, sb, out_dtype, c)
-    from deepseek_ext.ops import _gemm_kernels  # only where the kernels run
-    out = torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
-    _gemm_kernels.fp8_gemm_nt(a, sa, b, sb, out, c)
-    return out
-
-
-@_fp8_gemm_nt.register_fake
-def _(a, sa, b, sb, out_dtype, c):
-    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
-
-
-def fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
-                out_dtype: torch.dtype = torch.bfloat16, c: torch.Tensor | None = None) -> torch.Tensor:
-    """D = c + A @ B^T with FP8 operands, fp32 accumulation promoted per 128-wide K block.
-
-    a [M, K] e4m3 with sa [M, ceil(K/128)] (1x128, M-major: from dx.quant.per_token_cast_to_fp8);
-    b [N, K] e4m3 with sb [ceil(N/128), ceil(K/128)] (128x128 blocks: Fprop/Dgrad, contiguous) or
-    sb [N, ceil(K/128)] (1x128 per row of b: Wgrad, M-major); c optional fp32 [M, N] added before
-    the cast. N and K multiples of 16. Returns a new [M, N] tensor of out_dtype (bf16 or fp32).
-    """
+def _check_fp8_gemm_nt(a, sa, b, sb, out_dtype, c) -> None:
     _check_fp8_operand(a, "a", dim=2)
     _check_fp8_operand(b, "b", dim=2)
     _check_same_k(a, b)
@@ -154,7 +132,38 @@ def fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Te
     _check_out_dtype(out_dtype)
     _check_c(c, (m, n))
     check_same_device("a", a, sa=sa, b=b, sb=sb, **_optional(c=c))
-    return torch.ops.deepseek_ext.fp8_gemm_nt(a, sa, b, sb, out_dtype, c)
+
+
+def _fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
+                 out_dtype: torch.dtype, c: Optional[torch.Tensor]) -> torch.Tensor:
+    _check_operand_addresses(a, sa, b, sb)
+    if c is not None:
+        check_aligned(c, "c")
+    if not uses_kernels(a) or a.numel() == 0 or b.numel() == 0:
+        return ref.fp8_gemm_nt(a, sa, b, sb, out_dtype, c)
+    out = torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
+    _gemm_kernels.fp8_gemm_nt(a, sa, b, sb, out, c)
+    return out
+
+
+@torch.library.custom_op("deepseek_ext::fp8_gemm_nt", _fp8_gemm_nt, mutates_args=()).register_fake
+def _(a, sa, b, sb, out_dtype, c):
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
+
+
+_FP8_GEMM_NT = EagerOp(_check_fp8_gemm_nt, _fp8_gemm_nt, torch.ops.deepseek_ext.fp8_gemm_nt)
+
+
+def fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
+                out_dtype: torch.dtype = torch.bfloat16, c: torch.Tensor | None = None) -> torch.Tensor:
+    """D = c + A @ B^T with FP8 operands, fp32 accumulation promoted per 128-wide K block.
+
+    a [M, K] e4m3 with sa [M, ceil(K/128)] (1x128, M-major: from dx.quant.per_token_cast_to_fp8);
+    b [N, K] e4m3 with sb [ceil(N/128), ceil(K/128)] (128x128 blocks: Fprop/Dgrad, contiguous) or
+    sb [N, ceil(K/128)] (1x128 per row of b: Wgrad, M-major); c optional fp32 [M, N] added before
+    the cast. N and K multiples of 16. Returns a new [M, N] tensor of out_dtype (bf16 or fp32).
+    """
+    return _FP8_GEMM_NT(a, sa, b, sb, out_dtype, c)
 
 
 # --- grouped along M -------------------------------------------------------------------------
@@ -185,22 +194,37 @@ def _check_block_groups(m_indices: torch.Tensor, may_sync: bool) -> None:
                          f"{sorted(set(blocks[block].tolist()))}")
 
 
-@torch.library.custom_op("deepseek_ext::m_grouped_fp8_gemm_nt_contiguous", mutates_args=())
+def _check_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype, may_sync: bool) -> None:
+    _check_fp8_operand(a, "a", dim=2)
+    m, k = a.shape
+    check_multiple(m, M_ALIGNMENT, "a.shape[0] (M_total)")
+    _check_grouped_b(a, b, sb)
+    _check_m_major_scales(sa, "sa", (m, ceil_div(k, GROUP)))
+    _check_index_tensor(m_indices, "m_indices", (m,))
+    _check_out_dtype(out_dtype)
+    check_same_device("a", a, sa=sa, b=b, sb=sb, m_indices=m_indices)
+
+
 def _m_grouped_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                           m_indices: torch.Tensor, out_dtype: torch.dtype, may_sync: bool) -> torch.Tensor:
-    _check_addresses(a=a, sa=sa, b=b, sb=sb, m_indices=m_indices)
+    _check_operand_addresses(a, sa, b, sb)
+    check_aligned(m_indices, "m_indices")
     _check_index_range(m_indices, "m_indices", -1, b.shape[0] - 1, may_sync)
     _check_block_groups(m_indices, may_sync)
     if not uses_kernels(a) or a.numel() == 0 or b.numel() == 0:
         return ref.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out_dtype)
-    from deepseek_ext.ops import _gemm_kernels  # only where the kernels run
     out = torch.empty((a.shape[0], b.shape[1]), dtype=out_dtype, device=a.device)
     return _gemm_kernels.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out)
 
 
-@_m_grouped_contiguous.register_fake
+@torch.library.custom_op("deepseek_ext::m_grouped_fp8_gemm_nt_contiguous", _m_grouped_contiguous,
+                         mutates_args=()).register_fake
 def _(a, sa, b, sb, m_indices, out_dtype, may_sync):
     return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+
+
+_M_GROUPED_CONTIGUOUS = EagerOp(_check_m_grouped_contiguous, _m_grouped_contiguous,
+                                torch.ops.deepseek_ext.m_grouped_fp8_gemm_nt_contiguous)
 
 
 def m_grouped_fp8_gemm_nt_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
@@ -215,46 +239,10 @@ def m_grouped_fp8_gemm_nt_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch
     dx.ep dispatch with expert_alignment=128 produce). The kernel writes every output row itself
     (zeros for padding), so no pre-zeroing pass is needed.
     """
-    _check_fp8_operand(a, "a", dim=2)
-    m, k = a.shape
-    check_multiple(m, M_ALIGNMENT, "a.shape[0] (M_total)")
-    _check_grouped_b(a, b, sb)
-    _check_m_major_scales(sa, "sa", (m, ceil_div(k, GROUP)))
-    _check_index_tensor(m_indices, "m_indices", (m,))
-    _check_out_dtype(out_dtype)
-    check_same_device("a", a, sa=sa, b=b, sb=sb, m_indices=m_indices)
-    return torch.ops.deepseek_ext.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out_dtype,
-                                                                    _may_sync())
+    return _M_GROUPED_CONTIGUOUS(a, sa, b, sb, m_indices, out_dtype, _may_sync())
 
 
-@torch.library.custom_op("deepseek_ext::m_grouped_fp8_gemm_nt_masked", mutates_args=())
-def _m_grouped_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
-                      masked_m: torch.Tensor, expected_m: int, out_dtype: torch.dtype,
-                      may_sync: bool) -> torch.Tensor:
-    _check_addresses(a=a, sa=sa, b=b, sb=sb, masked_m=masked_m)
-    _check_index_range(masked_m, "masked_m", 0, a.shape[1], may_sync)
-    if not uses_kernels(a) or a.numel() == 0 or b.numel() == 0:
-        return ref.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out_dtype)
-    from deepseek_ext.ops import _gemm_kernels  # only where the kernels run
-    out = torch.empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype, device=a.device)
-    return _gemm_kernels.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out)
-
-
-@_m_grouped_masked.register_fake
-def _(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync):
-    return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype)
-
-
-def m_grouped_fp8_gemm_nt_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
-                                 masked_m: torch.Tensor, expected_m: int,
-                                 out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """out[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g]^T; rows beyond masked_m[g] are zero.
-
-    a [G, Mmax, K] e4m3 with sa [G, Mmax, ceil(K/128)] M-major; b [G, N, K] e4m3 with sb
-    [G, ceil(N/128), ceil(K/128)]; masked_m [G] int32 on a's device (the host never reads it on
-    the kernel path, so CUDA graphs can replay it); expected_m > 0 a hint for the tile choice.
-    The kernel writes the zero rows itself (zero-only tiles cost their stores, no MMA).
-    """
+def _check_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync: bool) -> None:
     _check_fp8_operand(a, "a", dim=3)
     g, m_max, k = a.shape
     _check_grouped_b(a, b, sb, groups=g)
@@ -266,33 +254,47 @@ def m_grouped_fp8_gemm_nt_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Ten
         raise ValueError(f"expected_m must be > 0, got {expected_m}")
     _check_out_dtype(out_dtype)
     check_same_device("a", a, sa=sa, b=b, sb=sb, masked_m=masked_m)
-    return torch.ops.deepseek_ext.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out_dtype,
-                                                                _may_sync())
+
+
+def _m_grouped_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
+                      masked_m: torch.Tensor, expected_m: int, out_dtype: torch.dtype,
+                      may_sync: bool) -> torch.Tensor:
+    _check_operand_addresses(a, sa, b, sb)
+    check_aligned(masked_m, "masked_m")
+    _check_index_range(masked_m, "masked_m", 0, a.shape[1], may_sync)
+    if not uses_kernels(a) or a.numel() == 0 or b.numel() == 0:
+        return ref.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out_dtype)
+    out = torch.empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype, device=a.device)
+    return _gemm_kernels.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out)
+
+
+@torch.library.custom_op("deepseek_ext::m_grouped_fp8_gemm_nt_masked", _m_grouped_masked,
+                         mutates_args=()).register_fake
+def _(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync):
+    return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype)
+
+
+_M_GROUPED_MASKED = EagerOp(_check_m_grouped_masked, _m_grouped_masked,
+                            torch.ops.deepseek_ext.m_grouped_fp8_gemm_nt_masked)
+
+
+def m_grouped_fp8_gemm_nt_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
+                                 masked_m: torch.Tensor, expected_m: int,
+                                 out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """out[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g]^T; rows beyond masked_m[g] are unspecified:
+    never written (DeepGEMM's contract), so read only the first masked_m[g] rows of each group.
+
+    a [G, Mmax, K] e4m3 with sa [G, Mmax, ceil(K/128)] M-major; b [G, N, K] e4m3 with sb
+    [G, ceil(N/128), ceil(K/128)]; masked_m [G] int32 on a's device (the host never reads it on
+    the kernel path, so CUDA graphs can replay it); expected_m > 0 a hint for the tile choice.
+    The kernel visits only the ceil(masked_m[g] / BLOCK_M) row blocks of each group.
+    """
+    return _M_GROUPED_MASKED(a, sa, b, sb, masked_m, expected_m, out_dtype, _may_sync())
 
 
 # --- grouped along K -------------------------------------------------------------------------
 
-@torch.library.custom_op("deepseek_ext::k_grouped_fp8_gemm_tn_contiguous", mutates_args=())
-def _k_grouped_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
-                          group_sizes: list[int], c: Optional[torch.Tensor]) -> torch.Tensor:
-    _check_addresses(a=a, sa=sa, b=b, sb=sb, c=c)
-    if not uses_kernels(a) or a.numel() == 0 or b.numel() == 0 or not group_sizes:
-        return ref.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, group_sizes, c)
-    from deepseek_ext.ops import _gemm_kernels  # only where the kernels run
-    offsets = torch.tensor(ref.group_offsets(group_sizes), dtype=torch.int32).to(a.device, non_blocking=True)
-    out = torch.empty((len(group_sizes), a.shape[0], b.shape[0]), dtype=torch.float32, device=a.device)
-    return _gemm_kernels.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, offsets, out, c)
-
-
-@_k_grouped_contiguous.register_fake
-def _(a, sa, b, sb, group_sizes, c):
-    return a.new_empty((len(group_sizes), a.shape[0], b.shape[0]), dtype=torch.float32)
-
-
-def _group_size_list(group_sizes, total: int) -> list[int]:
-    if isinstance(group_sizes, torch.Tensor):
-        check_tensor(group_sizes, "group_sizes", (torch.int32, torch.int64), dim=1)
-        group_sizes = group_sizes.tolist()
+def _check_group_sizes(group_sizes, total: int) -> None:
     if not isinstance(group_sizes, Sequence) or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in group_sizes):
         raise TypeError("group_sizes must be a list of ints or a 1-D integer tensor")
@@ -301,7 +303,41 @@ def _group_size_list(group_sizes, total: int) -> list[int]:
             raise ValueError(f"group_sizes[{g}] must be a non-negative multiple of {GROUP}, got {size}")
     if sum(group_sizes) != total:
         raise ValueError(f"group_sizes must sum to a.shape[1] (T)={total}, got {sum(group_sizes)}")
-    return list(group_sizes)
+
+
+def _check_k_grouped(a, sa, b, sb, group_sizes, c) -> None:
+    _check_fp8_operand(a, "a", dim=2)
+    _check_fp8_operand(b, "b", dim=2)
+    _check_same_k(a, b, what="T")
+    (n, t), k = a.shape, b.shape[0]
+    check_multiple(n, _DIM_MULTIPLE, "a.shape[0] (N)")
+    check_multiple(k, _DIM_MULTIPLE, "b.shape[0] (K)")
+    _check_group_sizes(group_sizes, t)
+    _check_m_major_scales(sa, "sa", (n, t // GROUP))
+    _check_m_major_scales(sb, "sb", (k, t // GROUP))
+    _check_c(c, (len(group_sizes), n, k))
+    check_same_device("a", a, sa=sa, b=b, sb=sb, **_optional(c=c))
+
+
+def _k_grouped_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
+                          group_sizes: list[int], c: Optional[torch.Tensor]) -> torch.Tensor:
+    _check_operand_addresses(a, sa, b, sb)
+    if c is not None:
+        check_aligned(c, "c")
+    if not uses_kernels(a) or a.numel() == 0 or b.numel() == 0 or not group_sizes:
+        return ref.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, group_sizes, c)
+    offsets = torch.tensor(ref.group_offsets(group_sizes), dtype=torch.int32).to(a.device, non_blocking=True)
+    out = torch.empty((len(group_sizes), a.shape[0], b.shape[0]), dtype=torch.float32, device=a.device)
+    return _gemm_kernels.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, offsets, out, c)
+
+
+@torch.library.custom_op("deepseek_ext::k_grouped_fp8_gemm_tn_contiguous", _k_grouped_contiguous,
+                         mutates_args=()).register_fake
+def _(a, sa, b, sb, group_sizes, c):
+    return a.new_empty((len(group_sizes), a.shape[0], b.shape[0]), dtype=torch.float32)
+
+
+_K_GROUPED = EagerOp(_check_k_grouped, _k_grouped_contiguous, torch.ops.deepseek_ext.k_grouped_fp8_gemm_tn_contiguous)
 
 
 def k_grouped_fp8_gemm_tn_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
@@ -316,15 +352,7 @@ def k_grouped_fp8_gemm_tn_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch
     group offsets are copied to the device each call and read there by the kernel). c optional
     fp32 [G, N, K] accumulated into. N and K multiples of 16; an empty group gives zeros (or c[g]).
     """
-    _check_fp8_operand(a, "a", dim=2)
-    _check_fp8_operand(b, "b", dim=2)
-    _check_same_k(a, b, what="T")
-    (n, t), k = a.shape, b.shape[0]
-    check_multiple(n, _DIM_MULTIPLE, "a.shape[0] (N)")
-    check_multiple(k, _DIM_MULTIPLE, "b.shape[0] (K)")
-    sizes = _group_size_list(group_sizes, t)
-    _check_m_major_scales(sa, "sa", (n, t // GROUP))
-    _check_m_major_scales(sb, "sb", (k, t // GROUP))
-    _check_c(c, (len(sizes), n, k))
-    check_same_device("a", a, sa=sa, b=b, sb=sb, **_optional(c=c))
-    return torch.ops.deepseek_ext.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, sizes, c)
+    if isinstance(group_sizes, torch.Tensor):
+        check_tensor(group_sizes, "group_sizes", (torch.int32, torch.int64), dim=1)
+        group_sizes = group_sizes.tolist()
+    return _K_GROUPED(a, sa, b, sb, group_sizes, c)

@@ -13,6 +13,7 @@ from deepseek_ext._backend import kernel_module, uses_kernels
 from deepseek_ext.ops import _launch
 from deepseek_ext.ops._checks import (INT32_MAX, check_aligned, check_contiguous, check_multiple,
                                       check_same_device, check_shape, check_size_bound, check_tensor)
+from deepseek_ext.ops._eager import EagerOp
 from deepseek_ext.ops.gemm import _check_index_range, _check_m_major_scales, _may_sync
 from deepseek_ext.reference import permute as ref
 from deepseek_ext.reference.quant import FP8_DTYPE, GROUP, ceil_div, empty_m_major_scales
@@ -92,42 +93,7 @@ def _permute_kernels(x, x_scales, topk_idx, num_experts: int, alignment: int):
     return out, out_scales, m_indices, inverse_map
 
 
-@torch.library.custom_op("deepseek_ext::permute_to_grouped", mutates_args=())
-def _permute_to_grouped(x: torch.Tensor, x_scales: torch.Tensor, topk_idx: torch.Tensor, num_experts: int,
-                        alignment: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x_scales with 0 columns stands for "no scales" (custom ops return tensors only)."""
-    check_aligned(x, "x")
-    scales = x_scales if x_scales.shape[1] else None
-    if (uses_kernels(x) and topk_idx.numel() and x.shape[1]
-            and num_experts <= kernel_module(x.device).PERMUTE_MAX_EXPERTS):  # beyond: the kernels' shared memory
-        return _permute_kernels(x, scales, topk_idx, num_experts, alignment)
-    _check_index_range(topk_idx, "topk_idx", -1, num_experts - 1, may_sync=True)
-    _check_grouped_rows(_reference_rows(topk_idx, alignment), alignment)
-    out, out_scales, m_indices, inverse_map = ref.permute_to_grouped(x, scales, topk_idx, num_experts, alignment)
-    if out_scales is None:
-        out_scales = empty_m_major_scales((), out.shape[0], 0, x.device)
-    return out, out_scales, m_indices, inverse_map
-
-
-@_permute_to_grouped.register_fake
-def _(x, x_scales, topk_idx, num_experts, alignment):
-    rows = torch.library.get_ctx().new_dynamic_size()
-    return (*_row_outputs(x, rows, x_scales.shape[1]), topk_idx.new_empty(topk_idx.shape, dtype=torch.int32))
-
-
-def permute_to_grouped(x: torch.Tensor, x_scales: torch.Tensor | None, topk_idx: torch.Tensor, num_experts: int,
-                       alignment: int = 128):
-    """Routed tokens -> the expert-contiguous padded layout of m_grouped_fp8_gemm_nt_contiguous.
-
-    x [T, H] bf16 (x_scales None) or e4m3 with x_scales [T, ceil(H/128)] M-major (from
-    dx.quant.per_token_cast_to_fp8); H * element size a multiple of 16 bytes. topk_idx [T, k]
-    int64/int32 expert ids in [-1, num_experts) (-1: no expert). Returns (x_rows [rows, H],
-    x_rows_scales [rows, ceil(H/128)] M-major or None, m_indices [rows] int32 (-1 on padding),
-    inverse_map [T, k] int32 (row of each (token, slot), -1 where the slot is -1)): experts
-    ascending, tokens ascending within an expert, each expert's segment padded with zero rows
-    and zero scales to a multiple of `alignment`; the same rows as dx.ep dispatch with
-    expert_alignment=alignment on a single rank. Syncs once on the GPU (rows depend on routing).
-    """
+def _check_permute(x, x_scales, topk_idx, num_experts, alignment) -> None:
     check_tensor(x, "x", _X_DTYPES, dim=2)
     check_contiguous(x, "x")
     _check_row_bytes(x, "x")
@@ -143,18 +109,79 @@ def permute_to_grouped(x: torch.Tensor, x_scales: torch.Tensor | None, topk_idx:
         raise ValueError(f"topk_idx.shape[0] must equal x.shape[0]={num_tokens}, got {topk_idx.shape[0]}")
     _check_int(num_experts, "num_experts", 1, MAX_EXPERTS)
     _check_int(alignment, "alignment", 1, MAX_ALIGNMENT)
-    no_scales = empty_m_major_scales((), num_tokens, 0, x.device)
     check_same_device("x", x, topk_idx=topk_idx, **({} if x_scales is None else {"x_scales": x_scales}))
-    out, out_scales, m_indices, inverse_map = torch.ops.deepseek_ext.permute_to_grouped(
-        x, no_scales if x_scales is None else x_scales, topk_idx, num_experts, alignment)
+
+
+def _permute(x: torch.Tensor, x_scales: torch.Tensor | None, topk_idx: torch.Tensor, num_experts: int,
+             alignment: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The implementation; without x_scales, the returned scales have 0 columns."""
+    check_aligned(x, "x")
+    if (uses_kernels(x) and topk_idx.numel() and x.shape[1]
+            and num_experts <= kernel_module(x.device).PERMUTE_MAX_EXPERTS):  # beyond: the kernels' shared memory
+        return _permute_kernels(x, x_scales, topk_idx, num_experts, alignment)
+    _check_index_range(topk_idx, "topk_idx", -1, num_experts - 1, may_sync=True)
+    _check_grouped_rows(_reference_rows(topk_idx, alignment), alignment)
+    out, out_scales, m_indices, inverse_map = ref.permute_to_grouped(x, x_scales, topk_idx, num_experts, alignment)
+    if out_scales is None:
+        out_scales = empty_m_major_scales((), out.shape[0], 0, x.device)
+    return out, out_scales, m_indices, inverse_map
+
+
+@torch.library.custom_op("deepseek_ext::permute_to_grouped", mutates_args=())
+def _permute_to_grouped(x: torch.Tensor, x_scales: torch.Tensor, topk_idx: torch.Tensor, num_experts: int,
+                        alignment: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x_scales with 0 columns stands for "no scales" (custom ops return tensors only)."""
+    return _permute(x, x_scales if x_scales.shape[1] else None, topk_idx, num_experts, alignment)
+
+
+@_permute_to_grouped.register_fake
+def _(x, x_scales, topk_idx, num_experts, alignment):
+    rows = torch.library.get_ctx().new_dynamic_size()
+    return (*_row_outputs(x, rows, x_scales.shape[1]), topk_idx.new_empty(topk_idx.shape, dtype=torch.int32))
+
+
+def _dispatch_permute(x, x_scales, topk_idx, num_experts, alignment):
+    if x_scales is None:
+        x_scales = empty_m_major_scales((), x.shape[0], 0, x.device)  # the op's "no scales"
+    return torch.ops.deepseek_ext.permute_to_grouped(x, x_scales, topk_idx, num_experts, alignment)
+
+
+_PERMUTE = EagerOp(_check_permute, _permute, _dispatch_permute)
+
+
+def permute_to_grouped(x: torch.Tensor, x_scales: torch.Tensor | None, topk_idx: torch.Tensor, num_experts: int,
+                       alignment: int = 128):
+    """Routed tokens -> the expert-contiguous padded layout of m_grouped_fp8_gemm_nt_contiguous.
+
+    x [T, H] bf16 (x_scales None) or e4m3 with x_scales [T, ceil(H/128)] M-major (from
+    dx.quant.per_token_cast_to_fp8); H * element size a multiple of 16 bytes. topk_idx [T, k]
+    int64/int32 expert ids in [-1, num_experts) (-1: no expert). Returns (x_rows [rows, H],
+    x_rows_scales [rows, ceil(H/128)] M-major or None, m_indices [rows] int32 (-1 on padding),
+    inverse_map [T, k] int32 (row of each (token, slot), -1 where the slot is -1)): experts
+    ascending, tokens ascending within an expert, each expert's segment padded with zero rows
+    and zero scales to a multiple of `alignment`; the same rows as dx.ep dispatch with
+    expert_alignment=alignment on a single rank. Syncs once on the GPU (rows depend on routing).
+    """
+    out, out_scales, m_indices, inverse_map = _PERMUTE(x, x_scales, topk_idx, num_experts, alignment)
     return out, (out_scales if x_scales is not None else None), m_indices, inverse_map
 
 
 # --- unpermute_from_grouped ------------------------------------------------------------------
 
-@torch.library.custom_op("deepseek_ext::unpermute_from_grouped", mutates_args=())
-def _unpermute_from_grouped(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: torch.Tensor,
-                            may_sync: bool) -> torch.Tensor:
+def _check_unpermute(y, inverse_map, topk_weights, may_sync: bool) -> None:
+    check_tensor(y, "y", _Y_DTYPES, dim=2)
+    check_contiguous(y, "y")
+    check_multiple(y.shape[1], 8, "y.shape[1] (H)")
+    check_tensor(inverse_map, "inverse_map", (torch.int32,), dim=2)
+    check_contiguous(inverse_map, "inverse_map")
+    check_tensor(topk_weights, "topk_weights", (torch.float32,), dim=2)
+    check_shape(topk_weights, "topk_weights", tuple(inverse_map.shape))
+    check_contiguous(topk_weights, "topk_weights")
+    check_same_device("y", y, inverse_map=inverse_map, topk_weights=topk_weights)
+
+
+def _unpermute(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: torch.Tensor,
+               may_sync: bool) -> torch.Tensor:
     check_aligned(y, "y")
     _check_index_range(inverse_map, "inverse_map", -1, y.shape[0] - 1, may_sync)
     if not uses_kernels(y):
@@ -166,9 +193,12 @@ def _unpermute_from_grouped(y: torch.Tensor, inverse_map: torch.Tensor, topk_wei
     return out
 
 
-@_unpermute_from_grouped.register_fake
+@torch.library.custom_op("deepseek_ext::unpermute_from_grouped", _unpermute, mutates_args=()).register_fake
 def _(y, inverse_map, topk_weights, may_sync):
     return y.new_empty((inverse_map.shape[0], y.shape[1]), dtype=torch.bfloat16)
+
+
+_UNPERMUTE = EagerOp(_check_unpermute, _unpermute, torch.ops.deepseek_ext.unpermute_from_grouped)
 
 
 def unpermute_from_grouped(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
@@ -177,13 +207,4 @@ def unpermute_from_grouped(y: torch.Tensor, inverse_map: torch.Tensor, topk_weig
     skipped, cast to bf16 once. y [rows, H] bf16/fp32 contiguous (H a multiple of 8);
     inverse_map [T, k] int32 from permute_to_grouped; topk_weights [T, k] fp32. Returns [T, H] bf16.
     """
-    check_tensor(y, "y", _Y_DTYPES, dim=2)
-    check_contiguous(y, "y")
-    check_multiple(y.shape[1], 8, "y.shape[1] (H)")
-    check_tensor(inverse_map, "inverse_map", (torch.int32,), dim=2)
-    check_contiguous(inverse_map, "inverse_map")
-    check_tensor(topk_weights, "topk_weights", (torch.float32,), dim=2)
-    check_shape(topk_weights, "topk_weights", tuple(inverse_map.shape))
-    check_contiguous(topk_weights, "topk_weights")
-    check_same_device("y", y, inverse_map=inverse_map, topk_weights=topk_weights)
-    return torch.ops.deepseek_ext.unpermute_from_grouped(y, inverse_map, topk_weights, _may_sync())
+    return _UNPERMUTE(y, inverse_map, topk_weights, _may_sync())

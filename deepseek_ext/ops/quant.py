@@ -7,6 +7,7 @@ from deepseek_ext._backend import uses_kernels
 from deepseek_ext.ops import _launch
 from deepseek_ext.ops._checks import (check_aligned, check_bool, check_contiguous, check_multiple, check_same_device,
                                       check_shape, check_tensor, row_stride)
+from deepseek_ext.ops._eager import EagerOp
 from deepseek_ext.reference import quant as ref
 from deepseek_ext.reference.quant import GROUP, FP8_DTYPE, ceil_div, empty_m_major_scales
 
@@ -16,10 +17,15 @@ _K_MULTIPLE = 16  # 16-byte FP8 rows: what the GEMM's TMA and the kernels' vecto
 _BLOCKS = ((1, GROUP), (GROUP, GROUP))
 
 
-def _check_activation(x: torch.Tensor, name: str, min_dim: int = 2) -> int:
+def _check_activation(x: torch.Tensor, name: str, min_dim: int = 2) -> None:
     check_tensor(x, name, _FLOAT_INPUTS, min_dim=min_dim)
     check_multiple(x.shape[-1], _K_MULTIPLE, f"{name}.shape[-1]")
-    return row_stride(x, name)
+    row_stride(x, name)
+
+
+def _row_ld(x: torch.Tensor) -> int:
+    """The row stride of an input that passed _check_activation (what row_stride returned there)."""
+    return x.stride(-2) if x.numel() else x.shape[-1]
 
 
 def _rows(t: torch.Tensor) -> int:
@@ -35,22 +41,30 @@ def _per_token_outputs(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 # --- per_token_cast_to_fp8 -------------------------------------------------------------------
 
-@torch.library.custom_op("deepseek_ext::per_token_cast_to_fp8", mutates_args=())
+def _check_per_token(x, pow2_scale) -> None:
+    _check_activation(x, "x")
+    check_bool(pow2_scale, "pow2_scale")
+
+
 def _per_token_cast_to_fp8(x: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
     check_aligned(x, "x")
     if not uses_kernels(x):
         return ref.per_token_cast_to_fp8(x, pow2_scale)
     k = x.shape[-1]
     q, s = _per_token_outputs(x, k)
-    _launch.call("per_token_cast_to_fp8", x.data_ptr(), _launch.DTYPE_CODE[x.dtype], row_stride(x, "x"),
+    _launch.call("per_token_cast_to_fp8", x.data_ptr(), _launch.DTYPE_CODE[x.dtype], _row_ld(x),
                  q.data_ptr(), s.data_ptr(), _rows(x), k, x.shape[-2], s.stride(-1), pow2_scale,
                  _launch.stream_handle(x), device=x.device)
     return q, s
 
 
-@_per_token_cast_to_fp8.register_fake
+@torch.library.custom_op("deepseek_ext::per_token_cast_to_fp8", _per_token_cast_to_fp8,
+                         mutates_args=()).register_fake
 def _(x, pow2_scale):
     return _per_token_outputs(x, x.shape[-1])
+
+
+_PER_TOKEN = EagerOp(_check_per_token, _per_token_cast_to_fp8, torch.ops.deepseek_ext.per_token_cast_to_fp8)
 
 
 def per_token_cast_to_fp8(x: torch.Tensor, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,14 +73,17 @@ def per_token_cast_to_fp8(x: torch.Tensor, pow2_scale: bool = False) -> tuple[to
     Returns q [..., K] float8_e4m3fn and s [..., ceil(K/128)] fp32 (x ~= q * s), s stored
     M-major (s.stride(-2) == 1, M padded to 4 in storage) as the FP8 GEMM reads it.
     """
-    _check_activation(x, "x")
-    check_bool(pow2_scale, "pow2_scale")
-    return torch.ops.deepseek_ext.per_token_cast_to_fp8(x, pow2_scale)
+    return _PER_TOKEN(x, pow2_scale)
 
 
 # --- swiglu_cast_to_fp8 ----------------------------------------------------------------------
 
-@torch.library.custom_op("deepseek_ext::swiglu_cast_to_fp8", mutates_args=())
+def _check_swiglu(gate_up, pow2_scale) -> None:
+    _check_activation(gate_up, "gate_up")
+    check_bool(pow2_scale, "pow2_scale")
+    check_multiple(gate_up.shape[-1], 2 * _K_MULTIPLE, "gate_up.shape[-1] (2 x intermediate size)")
+
+
 def _swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
     check_aligned(gate_up, "gate_up")
     if not uses_kernels(gate_up):
@@ -74,23 +91,23 @@ def _swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool) -> tuple[torch.
     inter = gate_up.shape[-1] // 2
     q, s = _per_token_outputs(gate_up, inter)
     _launch.call("swiglu_cast_to_fp8", gate_up.data_ptr(), _launch.DTYPE_CODE[gate_up.dtype],
-                 row_stride(gate_up, "gate_up"), q.data_ptr(), s.data_ptr(), _rows(q), inter,
+                 _row_ld(gate_up), q.data_ptr(), s.data_ptr(), _rows(q), inter,
                  gate_up.shape[-2], s.stride(-1), pow2_scale, _launch.stream_handle(gate_up), device=gate_up.device)
     return q, s
 
 
-@_swiglu_cast_to_fp8.register_fake
+@torch.library.custom_op("deepseek_ext::swiglu_cast_to_fp8", _swiglu_cast_to_fp8, mutates_args=()).register_fake
 def _(gate_up, pow2_scale):
     return _per_token_outputs(gate_up, gate_up.shape[-1] // 2)
+
+
+_SWIGLU = EagerOp(_check_swiglu, _swiglu_cast_to_fp8, torch.ops.deepseek_ext.swiglu_cast_to_fp8)
 
 
 def swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """silu(g) * u in fp32 fused with the 1x128 cast. gate_up [..., M, 2I] = cat([g, u], -1),
     bf16/fp32, I a multiple of 16. Returns q [..., M, I] and M-major s [..., M, ceil(I/128)]."""
-    _check_activation(gate_up, "gate_up")
-    check_bool(pow2_scale, "pow2_scale")
-    check_multiple(gate_up.shape[-1], 2 * _K_MULTIPLE, "gate_up.shape[-1] (2 x intermediate size)")
-    return torch.ops.deepseek_ext.swiglu_cast_to_fp8(gate_up, pow2_scale)
+    return _SWIGLU(gate_up, pow2_scale)
 
 
 # --- per_block_cast_to_fp8 -------------------------------------------------------------------
@@ -103,29 +120,35 @@ def _per_block_outputs(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, s
 
 
-@torch.library.custom_op("deepseek_ext::per_block_cast_to_fp8", mutates_args=())
+def _check_per_block(w, pow2_scale) -> None:
+    _check_activation(w, "w")
+    check_bool(pow2_scale, "pow2_scale")
+
+
 def _per_block_cast_to_fp8(w: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
     check_aligned(w, "w")
     if not uses_kernels(w):
         return ref.per_block_cast_to_fp8(w, pow2_scale)
     q, s = _per_block_outputs(w)
-    _launch.call("per_block_cast_to_fp8", w.data_ptr(), _launch.DTYPE_CODE[w.dtype], row_stride(w, "w"),
+    _launch.call("per_block_cast_to_fp8", w.data_ptr(), _launch.DTYPE_CODE[w.dtype], _row_ld(w),
                  q.data_ptr(), s.data_ptr(), _rows(w), w.shape[-2], w.shape[-1], pow2_scale,
                  _launch.stream_handle(w), device=w.device)
     return q, s
 
 
-@_per_block_cast_to_fp8.register_fake
+@torch.library.custom_op("deepseek_ext::per_block_cast_to_fp8", _per_block_cast_to_fp8,
+                         mutates_args=()).register_fake
 def _(w, pow2_scale):
     return _per_block_outputs(w)
+
+
+_PER_BLOCK = EagerOp(_check_per_block, _per_block_cast_to_fp8, torch.ops.deepseek_ext.per_block_cast_to_fp8)
 
 
 def per_block_cast_to_fp8(w: torch.Tensor, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """128x128 block FP8 cast. w [..., N, K] bf16/fp32, K a multiple of 16. Returns q [..., N, K]
     float8_e4m3fn and s [..., ceil(N/128), ceil(K/128)] fp32, contiguous (w ~= q * s per block)."""
-    _check_activation(w, "w")
-    check_bool(pow2_scale, "pow2_scale")
-    return torch.ops.deepseek_ext.per_block_cast_to_fp8(w, pow2_scale)
+    return _PER_BLOCK(w, pow2_scale)
 
 
 # --- per_token_cast_to_fp8_with_transpose ----------------------------------------------------
@@ -138,7 +161,14 @@ def _with_transpose_outputs(x: torch.Tensor):
     return q, s, qt, st
 
 
-@torch.library.custom_op("deepseek_ext::per_token_cast_to_fp8_with_transpose", mutates_args=())
+def _check_with_transpose(x, pow2_scale) -> None:
+    _check_activation(x, "x")
+    check_bool(pow2_scale, "pow2_scale")
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D [M, K], got shape {tuple(x.shape)}")
+    check_multiple(x.shape[0], _K_MULTIPLE, "x.shape[0] (M: rows of the transposed copy)")
+
+
 def _per_token_cast_to_fp8_with_transpose(
         x: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     check_aligned(x, "x")
@@ -146,26 +176,26 @@ def _per_token_cast_to_fp8_with_transpose(
         return ref.per_token_cast_to_fp8_with_transpose(x, pow2_scale)
     q, s, qt, st = _with_transpose_outputs(x)
     m, k = x.shape
-    _launch.call("cast_with_transpose", x.data_ptr(), _launch.DTYPE_CODE[x.dtype], row_stride(x, "x"),
+    _launch.call("cast_with_transpose", x.data_ptr(), _launch.DTYPE_CODE[x.dtype], _row_ld(x),
                  q.data_ptr(), s.data_ptr(), qt.data_ptr(), st.data_ptr(), m, k, s.stride(-1),
                  st.stride(-1), pow2_scale, _launch.stream_handle(x), device=x.device)
     return q, s, qt, st
 
 
-@_per_token_cast_to_fp8_with_transpose.register_fake
+@torch.library.custom_op("deepseek_ext::per_token_cast_to_fp8_with_transpose", _per_token_cast_to_fp8_with_transpose,
+                         mutates_args=()).register_fake
 def _(x, pow2_scale):
     return _with_transpose_outputs(x)
+
+
+_WITH_TRANSPOSE = EagerOp(_check_with_transpose, _per_token_cast_to_fp8_with_transpose,
+                          torch.ops.deepseek_ext.per_token_cast_to_fp8_with_transpose)
 
 
 def per_token_cast_to_fp8_with_transpose(x: torch.Tensor, pow2_scale: bool = False):
     """One read of x [M, K] (bf16/fp32, M and K multiples of 16) gives (q, s) = 1x128 along K and
     (qt [K, M], st [K, ceil(M/128)]) = x^T quantized 1x128 along M; s and st M-major."""
-    _check_activation(x, "x")
-    check_bool(pow2_scale, "pow2_scale")
-    if x.dim() != 2:
-        raise ValueError(f"x must be 2-D [M, K], got shape {tuple(x.shape)}")
-    check_multiple(x.shape[0], _K_MULTIPLE, "x.shape[0] (M: rows of the transposed copy)")
-    return torch.ops.deepseek_ext.per_token_cast_to_fp8_with_transpose(x, pow2_scale)
+    return _WITH_TRANSPOSE(x, pow2_scale)
 
 
 # --- transpose_block_fp8 ---------------------------------------------------------------------
@@ -176,7 +206,18 @@ def _transposed_outputs(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor,
     return qt, st
 
 
-@torch.library.custom_op("deepseek_ext::transpose_block_fp8", mutates_args=())
+def _check_transpose_block(q, s) -> None:
+    check_tensor(q, "q", (FP8_DTYPE,), min_dim=2)
+    check_tensor(s, "s", (torch.float32,), dim=q.dim())
+    n, k = q.shape[-2:]
+    check_multiple(n, _K_MULTIPLE, "q.shape[-2]")
+    check_multiple(k, _K_MULTIPLE, "q.shape[-1]")
+    check_shape(s, "s", (*q.shape[:-2], ceil_div(n, GROUP), ceil_div(k, GROUP)))
+    check_contiguous(q, "q")
+    check_contiguous(s, "s")
+    check_same_device("q", q, s=s)
+
+
 def _transpose_block_fp8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     check_aligned(q, "q")
     if not uses_kernels(q):
@@ -189,25 +230,19 @@ def _transpose_block_fp8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor
     return qt, st
 
 
-@_transpose_block_fp8.register_fake
+@torch.library.custom_op("deepseek_ext::transpose_block_fp8", _transpose_block_fp8, mutates_args=()).register_fake
 def _(q, s):
     return _transposed_outputs(q, s)
+
+
+_TRANSPOSE_BLOCK = EagerOp(_check_transpose_block, _transpose_block_fp8, torch.ops.deepseek_ext.transpose_block_fp8)
 
 
 def transpose_block_fp8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact transpose of a 128x128-scaled FP8 matrix: q [..., N, K] float8_e4m3fn (contiguous,
     N and K multiples of 16), s [..., ceil(N/128), ceil(K/128)] fp32 (contiguous) ->
     (q^T [..., K, N], s^T [..., ceil(K/128), ceil(N/128)]), both contiguous."""
-    check_tensor(q, "q", (FP8_DTYPE,), min_dim=2)
-    check_tensor(s, "s", (torch.float32,), dim=q.dim())
-    n, k = q.shape[-2:]
-    check_multiple(n, _K_MULTIPLE, "q.shape[-2]")
-    check_multiple(k, _K_MULTIPLE, "q.shape[-1]")
-    check_shape(s, "s", (*q.shape[:-2], ceil_div(n, GROUP), ceil_div(k, GROUP)))
-    check_contiguous(q, "q")
-    check_contiguous(s, "s")
-    check_same_device("q", q, s=s)
-    return torch.ops.deepseek_ext.transpose_block_fp8(q, s)
+    return _TRANSPOSE_BLOCK(q, s)
 
 
 # --- dequantize ------------------------------------------------------------------------------
@@ -223,7 +258,32 @@ def _scale_batch_stride(s: torch.Tensor) -> int:
     return s.stride(-3) if s.dim() > 2 else 0
 
 
-@torch.library.custom_op("deepseek_ext::dequantize", mutates_args=())
+def _block(q: torch.Tensor, s: torch.Tensor, block) -> tuple[int, int]:
+    """The scale block: `block`, or when None the one s's shape implies."""
+    if block is None:
+        return _BLOCKS[0] if s.shape[-2] == q.shape[-2] else _BLOCKS[1]
+    return block
+
+
+def _check_dequantize(q, s, block, out_dtype) -> None:
+    check_tensor(q, "q", (FP8_DTYPE,), min_dim=2)
+    check_tensor(s, "s", (torch.float32,), dim=q.dim())
+    check_multiple(q.shape[-1], _K_MULTIPLE, "q.shape[-1]")
+    check_contiguous(q, "q")
+    if not isinstance(out_dtype, torch.dtype) or out_dtype not in _DEQUANT_OUTPUTS:
+        raise TypeError(f"out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
+    block = _block(q, s, block)
+    if not isinstance(block, (tuple, list)):
+        raise TypeError(f"block must be a tuple (1, 128) or (128, 128), got {type(block).__name__}")
+    block = tuple(block)
+    if block not in _BLOCKS:
+        raise ValueError(f"block must be (1, 128) or (128, 128), got {block}")
+    m, k = q.shape[-2:]
+    check_shape(s, "s", (*q.shape[:-2], ceil_div(m, block[0]), ceil_div(k, GROUP)))
+    check_same_device("q", q, s=s)
+    _scale_batch_stride(s)
+
+
 def _dequantize(q: torch.Tensor, s: torch.Tensor, block_rows: int, out_dtype: torch.dtype) -> torch.Tensor:
     check_aligned(q, "q")
     if not uses_kernels(q):
@@ -235,9 +295,18 @@ def _dequantize(q: torch.Tensor, s: torch.Tensor, block_rows: int, out_dtype: to
     return out
 
 
-@_dequantize.register_fake
+@torch.library.custom_op("deepseek_ext::dequantize", _dequantize, mutates_args=()).register_fake
 def _(q, s, block_rows, out_dtype):
     return torch.empty(q.shape, dtype=out_dtype, device=q.device)
+
+
+def _with_block_rows(run):
+    """run(q, s, block_rows, out_dtype) called with dequantize's arguments (q, s, block, out_dtype)."""
+    return lambda q, s, block, out_dtype: run(q, s, _block(q, s, block)[0], out_dtype)
+
+
+_DEQUANTIZE = EagerOp(_check_dequantize, _with_block_rows(_dequantize),
+                      _with_block_rows(torch.ops.deepseek_ext.dequantize))
 
 
 def dequantize(q: torch.Tensor, s: torch.Tensor, block: tuple[int, int] | None = None,
@@ -249,21 +318,4 @@ def dequantize(q: torch.Tensor, s: torch.Tensor, block: tuple[int, int] | None =
     [..., ceil(M/128), ceil(K/128)] for (128, 128). block=None infers it from s.shape[-2].
     out_dtype: float32 or bfloat16.
     """
-    check_tensor(q, "q", (FP8_DTYPE,), min_dim=2)
-    check_tensor(s, "s", (torch.float32,), dim=q.dim())
-    check_multiple(q.shape[-1], _K_MULTIPLE, "q.shape[-1]")
-    check_contiguous(q, "q")
-    if not isinstance(out_dtype, torch.dtype) or out_dtype not in _DEQUANT_OUTPUTS:
-        raise TypeError(f"out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
-    m, k = q.shape[-2:]
-    if block is None:
-        block = _BLOCKS[0] if s.shape[-2] == m else _BLOCKS[1]
-    if not isinstance(block, (tuple, list)):
-        raise TypeError(f"block must be a tuple (1, 128) or (128, 128), got {type(block).__name__}")
-    block = tuple(block)
-    if block not in _BLOCKS:
-        raise ValueError(f"block must be (1, 128) or (128, 128), got {block}")
-    check_shape(s, "s", (*q.shape[:-2], ceil_div(m, block[0]), ceil_div(k, GROUP)))
-    check_same_device("q", q, s=s)
-    _scale_batch_stride(s)
-    return torch.ops.deepseek_ext.dequantize(q, s, block[0], out_dtype)
+    return _DEQUANTIZE(q, s, block, out_dtype)

@@ -54,10 +54,22 @@ def _grouped_last_dim(x: torch.Tensor) -> torch.Tensor:
 def empty_m_major_scales(leading: tuple[int, ...], m: int, groups: int,
                          device: torch.device) -> torch.Tensor:
     """Uninitialized fp32 scales of logical shape [*leading, m, groups] stored M-major
-    (stride(-2) == 1) with m padded to a multiple of 4 in storage: what the GEMM's TMA reads."""
+    (stride(-2) == 1) with m padded to a multiple of 4 in storage: what the GEMM's TMA reads.
+    One allocation call and no views (the ops allocate scales on every call); the storage ends at
+    the last column's row m (nothing reads the padding rows)."""
     padded_m = ceil_div(m, SCALE_ROW_ALIGN) * SCALE_ROW_ALIGN
-    storage = torch.empty((*leading, groups, padded_m), dtype=torch.float32, device=device)
-    return storage.transpose(-1, -2)[..., :m, :]
+    # The strides torch.empty gives [*leading, groups, padded_m] (a size-0 dim counts as 1), last two swapped.
+    column = _at_least_one(padded_m)
+    strides, batch = [1, column], column * _at_least_one(groups)
+    for size in reversed(leading):
+        strides.insert(0, batch)
+        batch *= _at_least_one(size)
+    return torch.empty_strided((*leading, m, groups), strides, dtype=torch.float32, device=device)
+
+
+def _at_least_one(size):
+    """max(size, 1), without guarding a symbolic size under torch.compile."""
+    return max(size, 1) if type(size) is int else torch.sym_max(size, 1)
 
 
 def to_m_major(s: torch.Tensor) -> torch.Tensor:

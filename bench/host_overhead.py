@@ -1,0 +1,233 @@
+"""Host time of one eager call of every dx.gemm and dx.quant op (and the permute glue), with the
+kernel launch stubbed out: what the host spends around a launch (validation, dispatch, output
+allocation, arguments) that a small GPU kernel would otherwise wait on. Runs on any machine.
+
+How it is measured: DEEPSEEK_EXT_BACKEND=emulate sends CPU tensors down the kernel path, and the
+launcher module serving them (deepseek_ext._backend._emu, or _C's names where the emulator was not
+built) is swapped for a namespace whose launchers are Python no-ops returning success, so no kernel
+work runs. Everything up to the launcher call is real: the public function, validation, the
+backend choice, output allocation, pointer and stride marshalling, and the value checks of index
+tensors (m_indices, masked_m, inverse_map), which the CPU does by reading them: O(rows) work, so
+those ops are timed a third time with the reads skipped, to show their share. Other inputs are
+allocated and never read. A figure is the calling thread's CPU time (time.thread_time) per call,
+the best of many batches of 100 calls after a warm-up: what the host spends, less disturbed than
+wall time by other processes on a shared machine. `torch.empty` of a 128x1024 tensor is timed as the yardstick.
+
+Both routes of an op are timed in the same run: the eager route (the default: each argument
+signature validated once, the implementation called directly) and the torch.library route (every
+call validated and dispatched: the route torch.compile traces, and the one every eager call took
+before; deepseek_ext.ops._eager.enabled = False). Not seen here: on a GPU the launch itself adds
+the driver's time, and the index-value checks synchronize the stream (outside CUDA-graph capture).
+
+    python bench/host_overhead.py [--quick] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+
+import deepseek_ext as dx  # noqa: E402
+from deepseek_ext import _backend  # noqa: E402
+from deepseek_ext.ops import _eager  # noqa: E402
+from deepseek_ext.ops import gemm as ops_gemm  # noqa: E402
+from deepseek_ext.ops import permute as ops_permute  # noqa: E402
+from deepseek_ext.reference.quant import FP8_DTYPE, GROUP, ceil_div, empty_m_major_scales  # noqa: E402
+
+SUITE = "host"
+DISPATCHER = "torch.library dispatch"
+WITHOUT_INDEX_READS = "deepseek_ext, index reads skipped"
+TOKENS, HIDDEN, INTER, EXPERTS, TOPK = 128, 7168, 2048, 4, 2  # a decode-sized DeepSeek-V3 step
+# Wgrad's fp32 output [EXPERTS, WGRAD_DIM, WGRAD_DIM] stays under glibc's 32 MB mmap threshold: a CPU
+# allocation above it is mmapped afresh on every call, a cost CUDA's caching allocator does not have.
+WGRAD_DIM = 1024
+TARGET_US = 5.0
+
+
+def _launch_nothing(*args) -> str:
+    return ""
+
+
+@contextlib.contextmanager
+def stubbed_launches() -> Iterator[None]:
+    """CPU tensors take the kernel path into launchers that do nothing and report success."""
+    module = _backend._emu or _backend._C
+    if module is None:
+        raise RuntimeError("neither deepseek_ext._emu nor deepseek_ext._C was built: no kernel path to measure")
+    stub = types.SimpleNamespace(**{name: _launch_nothing if callable(value) else value
+                                    for name, value in vars(module).items() if not name.startswith("__")})
+    saved_emu, saved_env = _backend._emu, os.environ.get("DEEPSEEK_EXT_BACKEND")
+    _backend._emu, os.environ["DEEPSEEK_EXT_BACKEND"] = stub, "emulate"
+    try:
+        yield
+    finally:
+        _backend._emu = saved_emu
+        if saved_env is None:
+            del os.environ["DEEPSEEK_EXT_BACKEND"]
+        else:
+            os.environ["DEEPSEEK_EXT_BACKEND"] = saved_env
+
+
+@contextlib.contextmanager
+def dispatcher_route() -> Iterator[None]:
+    """Every op call validated and sent through torch.library, as before the eager route."""
+    _eager.enabled = False
+    try:
+        yield
+    finally:
+        _eager.enabled = True
+
+
+def us_per_call(fn: Callable[[], object], batches: int, calls: int = 100) -> float:
+    """Thread CPU microseconds per fn() call: the best of `batches` batches of `calls` calls, after a
+    warm-up (short batches: the best one is likelier to have run undisturbed)."""
+    for _ in range(calls):
+        fn()
+    best = float("inf")
+    for _ in range(batches):
+        start = time.thread_time()
+        for _ in range(calls):
+            fn()
+        best = min(best, time.thread_time() - start)
+    return best / calls * 1e6
+
+
+def _fp8(*shape) -> torch.Tensor:
+    return torch.empty(shape, dtype=FP8_DTYPE)
+
+
+def _token_scales(*leading_and_rows: int, k: int) -> torch.Tensor:
+    *leading, rows = leading_and_rows
+    return empty_m_major_scales(tuple(leading), rows, ceil_div(k, GROUP), torch.device("cpu"))
+
+
+def _block_scales(*leading_and_rows: int, k: int) -> torch.Tensor:
+    *leading, rows = leading_and_rows
+    return torch.empty((*leading, ceil_div(rows, GROUP), ceil_div(k, GROUP)))
+
+
+class Case(NamedTuple):
+    shape: str
+    call: Callable[[], object]
+    reads_indices: bool = False  # checks the values of an index tensor (read by the CPU here)
+
+
+def cases() -> dict[str, Case]:
+    """op -> a call of it on inputs made once (allocated, never read but for index tensors)."""
+    t, h, i, g = TOKENS, HIDDEN, INTER, EXPERTS
+    x = torch.empty(t, h, dtype=torch.bfloat16)
+    gate_up = torch.empty(t, 2 * i, dtype=torch.bfloat16)
+    a, sa = _fp8(t, h), _token_scales(t, k=h)
+    b, sb = _fp8(i, h), _block_scales(i, k=h)
+    grouped_a, grouped_sa = _fp8(g * t, h), _token_scales(g * t, k=h)
+    grouped_b, grouped_sb = _fp8(g, i, h), _block_scales(g, i, k=h)
+    m_indices = torch.arange(g, dtype=torch.int32).repeat_interleave(t)
+    masked_a, masked_sa = _fp8(g, t, h), _token_scales(g, t, k=h)
+    masked_m = torch.full((g,), t // 2, dtype=torch.int32)
+    w = WGRAD_DIM  # Wgrad: dY^T [w, tokens] and X^T [w, tokens], 1x128 scales along the tokens
+    dy_t, dy_st, x_t, x_st = _fp8(w, g * t), _token_scales(w, k=g * t), _fp8(w, g * t), _token_scales(w, k=g * t)
+    topk_idx = torch.arange(t * TOPK).remainder(g).view(t, TOPK)
+    inverse_map = torch.arange(t * TOPK, dtype=torch.int32).view(t, TOPK)
+    y, weights = torch.empty(t * TOPK, h, dtype=torch.bfloat16), torch.empty(t, TOPK)
+    gemm, quant = dx.gemm, dx.quant
+    return {
+        "fp8_gemm_nt": Case(f"{t}x{i}x{h}", lambda: gemm.fp8_gemm_nt(a, sa, b, sb)),
+        "m_grouped_fp8_gemm_nt_contiguous": Case(f"{g}x{t}x{i}x{h}", lambda: gemm.m_grouped_fp8_gemm_nt_contiguous(
+            grouped_a, grouped_sa, grouped_b, grouped_sb, m_indices), reads_indices=True),
+        "m_grouped_fp8_gemm_nt_masked": Case(f"{g}x{t}x{i}x{h}", lambda: gemm.m_grouped_fp8_gemm_nt_masked(
+            masked_a, masked_sa, grouped_b, grouped_sb, masked_m, t // 2), reads_indices=True),
+        "k_grouped_fp8_gemm_tn_contiguous": Case(f"{g}x{w}x{w}x{t}", lambda: gemm.k_grouped_fp8_gemm_tn_contiguous(
+            dy_t, dy_st, x_t, x_st, [t] * g)),
+        "per_token_cast_to_fp8": Case(f"{t}x{h}", lambda: quant.per_token_cast_to_fp8(x)),
+        "per_block_cast_to_fp8": Case(f"{t}x{h}", lambda: quant.per_block_cast_to_fp8(x)),
+        "per_token_cast_to_fp8_with_transpose": Case(f"{t}x{h}", lambda: quant.per_token_cast_to_fp8_with_transpose(x)),
+        "swiglu_cast_to_fp8": Case(f"{t}x(2*{i})", lambda: quant.swiglu_cast_to_fp8(gate_up)),
+        "transpose_block_fp8": Case(f"{i}x{h}", lambda: quant.transpose_block_fp8(b, sb)),
+        "dequantize": Case(f"{t}x{h}", lambda: quant.dequantize(a, sa)),
+        "permute_to_grouped": Case(f"{t}x{h} top-{TOPK}", lambda: gemm.permute_to_grouped(a, sa, topk_idx, g)),
+        "unpermute_from_grouped": Case(f"{t}x{h} top-{TOPK}", lambda: gemm.unpermute_from_grouped(
+            y, inverse_map, weights), reads_indices=True),
+    }
+
+
+@contextlib.contextmanager
+def index_reads_skipped() -> Iterator[None]:
+    """The ops' value checks of index tensors replaced by no-ops (to show what they cost)."""
+    patched = [(ops_gemm, "_check_index_range"), (ops_gemm, "_check_block_groups"), (ops_permute, "_check_index_range")]
+    saved = [getattr(module, name) for module, name in patched]
+    for module, name in patched:
+        setattr(module, name, lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for (module, name), value in zip(patched, saved):
+            setattr(module, name, value)
+
+
+def run(quick: bool) -> list[dict]:
+    """bench/run.py's suite: report rows for both routes of every op (and the eager route without the
+    index reads where there are some); `value` is calls per microsecond."""
+    batches = 20 if quick else 200
+    rows = []
+    with stubbed_launches():
+        for op, case in cases().items():
+            timings = {report.OURS: us_per_call(case.call, batches)}
+            with dispatcher_route():
+                timings[DISPATCHER] = us_per_call(case.call, batches)
+            if case.reads_indices:
+                with index_reads_skipped():
+                    timings[WITHOUT_INDEX_READS] = us_per_call(case.call, batches)
+            rows += [report.make_row(SUITE, op, case.shape, impl, us / 1e3, 1 / us, "calls/us")
+                     for impl, us in timings.items()]
+    return rows
+
+
+def format_table(rows: list[dict], yardstick_us: float) -> str:
+    by_case = {}
+    for r in rows:
+        by_case.setdefault((r["op"], r["shape"]), {})[r["impl"]] = r["ms"] * 1e3
+    lines = [f"Host time per eager call, kernel launch stubbed: thread CPU us (torch.empty 128x1024 here: "
+             f"{yardstick_us:.2f} us). index reads: the CPU reading m_indices / masked_m / inverse_map for their "
+             f"value checks, O(rows) work (on a GPU outside graph capture those checks sync the stream instead); "
+             f"<= {TARGET_US:g} us is judged without them.",
+             "| op | shape | eager route | of which index reads | torch.library route | speedup | "
+             f"<= {TARGET_US:g} us |", "|---|---|---|---|---|---|---|"]
+    for (op, shape), us in by_case.items():
+        eager, dispatched = us[report.OURS], us[DISPATCHER]
+        overhead = us.get(WITHOUT_INDEX_READS, eager)
+        reads = f"{eager - overhead:.2f}" if WITHOUT_INDEX_READS in us else ""
+        lines.append(f"| {op} | {shape} | {eager:.2f} | {reads} | {dispatched:.2f} | {dispatched / eager:.1f}x | "
+                     f"{'yes' if overhead <= TARGET_US else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer calls per batch")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    if _backend._emu is None and _backend._C is None:
+        print("host_overhead: neither deepseek_ext._emu nor deepseek_ext._C was built: no kernel path to time")
+        return 0
+    rows = run(args.quick)
+    yardstick = us_per_call(lambda: torch.empty((128, 1024)), 20 if args.quick else 200)
+    print(format_table(rows, yardstick))
+    if args.json:
+        args.json.write_text(json.dumps({"yardstick_us": yardstick, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
