@@ -17,6 +17,7 @@ import torch
 import deepseek_ext as dx
 from deepseek_ext.ep.types import Handle
 from deepseek_ext.reference.quant import per_block_cast_to_fp8
+import ep_traffic
 from report import OURS, make_row
 from timing import graph_time_ms
 
@@ -129,4 +130,6 @@ def run(quick: bool) -> list[dict]:
 
     buffer, layout = overlap_buffer
     rows.append(_overlap_row(buffer, q, s, idx, w, layout, reps))
-    return rows
+    traffic = ep_traffic.model(quick)  # across nodes: IB bytes per token, flat vs hierarchical (CPU model)
+    print(ep_traffic.format_table(traffic))
+    return rows + ep_traffic.rows(traffic)

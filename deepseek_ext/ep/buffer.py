@@ -25,7 +25,9 @@ import torch.distributed as dist
 from deepseek_ext._backend import backend, has_cuda_ext, uses_kernels
 from deepseek_ext.ep import autograd
 from deepseek_ext.ep.agreement import DeviceFailure, Diverged, OpHeader, agree_on_config
-from deepseek_ext.ep.torch_backend import TorchEngine
+from deepseek_ext.ep.hierarchical import backend_across_nodes, torch_engine
+from deepseek_ext.ep.topology import Topology, resolve_topology
+from deepseek_ext.ep.traffic import Traffic
 from deepseek_ext.ep.types import DispatchResult, Handle, Layout
 from deepseek_ext.ops import ep as ops
 from deepseek_ext.reference import ep as ref
@@ -100,10 +102,16 @@ class Buffer:
     worst_case=True (ipc only): outputs are sized for num_ranks * max_tokens_per_rank received
     tokens and the counts stay on the device, so dispatch/combine need no CPU sync and can be
     captured in a CUDA graph. timeout_s bounds every device-side wait of the ipc kernels.
+
+    ranks_per_node (None: from LOCAL_WORLD_SIZE, else the hostnames; group ranks are node-major):
+    with more than one node, dispatch and combine run in two hops, across nodes then within
+    (deepseek_ext/ep/hierarchical.py), on groups whose collectives time out after timeout_s.
+    stats() reports the bytes of the last dispatch and combine by link.
     """
 
     def __init__(self, group, hidden: int, num_experts: int, max_tokens_per_rank: int, num_sms: int = 20,
-                 backend: str = "auto", *, worst_case: bool = False, timeout_s: float = 100.0, _ipc=None):
+                 backend: str = "auto", *, worst_case: bool = False, timeout_s: float = 100.0,
+                 ranks_per_node: int | None = None, _ipc=None):
         self.hidden = _positive_int(hidden, "hidden")
         self.num_experts = _positive_int(num_experts, "num_experts")
         self.max_tokens_per_rank = _positive_int(max_tokens_per_rank, "max_tokens_per_rank")
@@ -111,18 +119,23 @@ class Buffer:
         self.worst_case = bool(worst_case)
         if _ipc is not None:  # Buffer.loopback
             self.group, self.num_ranks, self.rank, self.backend = None, _ipc.num_ranks, 0, "ipc"
+            self.topology = Topology(self.num_ranks, self.num_ranks, 0)
         else:
             self.group = group if group is not None else dist.group.WORLD
             self.num_ranks, self.rank = dist.get_world_size(self.group), dist.get_rank(self.group)
             agree_on_config(self.group, {"hidden": hidden, "num_experts": num_experts,
                                          "max_tokens_per_rank": max_tokens_per_rank, "num_sms": num_sms,
                                          "backend": backend, "worst_case": self.worst_case, "timeout_s": timeout_s})
+            self.topology = resolve_topology(self.group, ranks_per_node)
+            if self.topology.num_nodes > 1:
+                backend = backend_across_nodes(backend, self.topology)
             self.backend = _pick_backend(self.group, backend)
         self.local_experts = ref.experts_per_rank(num_experts, self.num_ranks)
         if self.worst_case and self.backend != "ipc":
             raise ValueError("worst_case=True needs the ipc backend (all_to_all_single needs the sizes on the host)")
         self._seq, self._failure, self._destroyed = 0, None, False
-        self._torch = TorchEngine(self.group, num_experts) if self.group is not None else None
+        self._torch = torch_engine(self.group, num_experts, self.topology, timeout_s) if self.group is not None else None
+        self._traffic = Traffic(self.topology)
         self._ipc = _ipc
         if self.backend == "ipc" and _ipc is None:
             from deepseek_ext.ep.ipc_backend import IpcEngine
@@ -276,12 +289,16 @@ class Buffer:
     def _dispatch(self, data, scales, topk_idx, topk_weights, layout, expert_alignment) -> DispatchResult:
         header = self._header("dispatch", topk_idx.shape[1], data.shape[1], data.dtype, scales is not None)
         if self._ipc is not None:
-            return self._ipc.dispatch(data, scales, topk_idx, topk_weights, layout, expert_alignment,
-                                      self.worst_case, header)
-        self._torch.agree(header)
-        return self._torch.dispatch(data, scales, topk_idx, topk_weights, layout, expert_alignment)
+            result = self._ipc.dispatch(data, scales, topk_idx, topk_weights, layout, expert_alignment,
+                                        self.worst_case, header)
+        else:
+            self._torch.agree(header)
+            result = self._torch.dispatch(data, scales, topk_idx, topk_weights, layout, expert_alignment)
+        self._traffic.dispatched(layout, result.handle, data, scales)
+        return result
 
     def _combine(self, y: torch.Tensor, handle: Handle) -> torch.Tensor:
+        self._traffic.combined(handle, self.hidden)
         k = handle.topk_idx.shape[1] if handle.topk_idx is not None else 0
         header = self._header("combine", k, y.shape[1], torch.bfloat16)  # partials travel in bf16
         if self._ipc is not None:
@@ -328,6 +345,12 @@ class Buffer:
             out.event = event if async_op else None
             return out
         return out, (event if async_op else None)
+
+    def stats(self) -> dict[str, int]:
+        """Bytes this rank sent in the last dispatch and the last combine (autograd's included), by
+        link: {dispatch,combine}_{internode,intranode}_bytes and the sums internode_bytes,
+        intranode_bytes. Activation rows only (deepseek_ext/ep/traffic.py says what is counted)."""
+        return self._traffic.stats()
 
     def check_errors(self) -> None:
         """Waits for the device and raises RuntimeError if a device-side wait timed out (naming

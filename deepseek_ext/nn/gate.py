@@ -10,6 +10,14 @@
   towards the under-loaded experts: b += gamma * sign(mean load - load), with the loads summed
   over the data-parallel group when one is given;
 - optional sequence-wise balance loss alpha * sum_i f_i P_i per sequence (DeepSeek-V3 eq. 17-20).
+
+Node-limited routing: with `num_nodes`, the experts are split contiguously over that many nodes (as
+dx.ep.Buffer places them), each node holding whole groups; `node_of_group` says which. A token's
+experts then lie in its `topk_groups` kept groups, so it reaches at most `topk_groups` nodes
+(DeepSeek-V3: 256 experts in 8 groups on 8 nodes, top-4 groups, so at most 4 nodes).
+
+Order of the results: calling the gate returns Routing(topk_idx, topk_weights, balance_loss),
+indices first; `route(x)` returns (weights, indices) in DeepSeek-V3's Gate order.
 """
 from __future__ import annotations
 
@@ -26,6 +34,16 @@ class Routing(NamedTuple):
     topk_idx: torch.Tensor  # [T, k] int64 expert ids
     topk_weights: torch.Tensor  # [T, k] fp32 (fp64 for fp64 input)
     balance_loss: torch.Tensor | None  # scalar, when alpha > 0 and training
+
+
+def node_of_group(n_groups: int, num_nodes: int) -> tuple[int, ...]:
+    """The node holding each expert group when experts are split contiguously over num_nodes
+    nodes; each node must hold whole groups, else a group would span nodes and topk_groups would
+    not bound the nodes a token reaches."""
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1 or n_groups % num_nodes:
+        raise ValueError(f"num_nodes must be a positive int dividing n_groups={n_groups} (each node holds whole "
+                         f"groups, so topk_groups bounds the nodes a token reaches), got {num_nodes!r}")
+    return tuple(g // (n_groups // num_nodes) for g in range(n_groups))
 
 
 def group_limited_topk(biased: torch.Tensor, k: int, n_groups: int, topk_groups: int) -> torch.Tensor:
@@ -53,7 +71,8 @@ def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, seq_len:
 class MoEGate(nn.Module):
     def __init__(self, hidden: int, num_experts: int, topk: int, n_groups: int = 1, topk_groups: int = 1,
                  route_scale: float = 1.0, bias_update_speed: float = 1e-3, balance_loss_alpha: float = 0.0,
-                 use_bias: bool = True, dp_group: dist.ProcessGroup | None = None, device=None):
+                 use_bias: bool = True, dp_group: dist.ProcessGroup | None = None, num_nodes: int | None = None,
+                 device=None):
         super().__init__()
         if num_experts % n_groups:
             raise ValueError(f"num_experts ({num_experts}) must be divisible by n_groups ({n_groups})")
@@ -67,6 +86,7 @@ class MoEGate(nn.Module):
         self.n_groups, self.topk_groups = n_groups, topk_groups
         self.route_scale, self.gamma, self.alpha = route_scale, bias_update_speed, balance_loss_alpha
         self.use_bias, self.dp_group = use_bias, dp_group
+        self.node_of_group = node_of_group(n_groups, num_nodes) if num_nodes is not None else None
         self.weight = nn.Parameter(torch.empty(num_experts, hidden, device=device))
         nn.init.normal_(self.weight, std=hidden ** -0.5)
         self.register_buffer("bias", torch.zeros(num_experts, device=device))
@@ -74,7 +94,8 @@ class MoEGate(nn.Module):
         self.register_buffer("load", torch.zeros(num_experts, device=device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> Routing:
-        """x [B, S, H] (each row of B a sequence) or [T, H] (one sequence) -> Routing over the tokens."""
+        """x [B, S, H] (each row of B a sequence) or [T, H] (one sequence) -> Routing(topk_idx,
+        topk_weights, balance_loss) over the tokens: indices first (route() gives V3's order)."""
         seq_len = x.shape[-2] if x.dim() >= 2 else 1
         flat = x.reshape(-1, x.shape[-1])
         work = math_dtype(flat)
@@ -89,6 +110,13 @@ class MoEGate(nn.Module):
         if self.training and self.alpha > 0 and flat.shape[0]:
             loss = self.alpha * sequence_balance_loss(scores, topk_idx, seq_len)
         return Routing(topk_idx, weights, loss)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DeepSeek-V3's Gate order: (weights, indices), weights first and in x's dtype as V3 returns
+        them; calling the gate returns Routing(topk_idx, topk_weights, ...) with indices first and
+        fp32 weights. The same routing (and, in training, the same load count)."""
+        routing = self(x)
+        return routing.topk_weights.to(x.dtype), routing.topk_idx
 
     @torch.no_grad()
     def update_bias(self) -> torch.Tensor:
