@@ -1,10 +1,13 @@
 """Expert-parallel dispatch/combine (DeepEP's workload: 4096 tokens/rank, hidden 7168, top-8 of 256
 experts, 8 ranks, FP8 dispatch, bf16 combine), one rank measured with loopback peers (their
-receive regions are local memory, so the real kernels run on one GPU).
+regions are local memory; each launch also runs the peers' side of rank 0's traffic, so the real
+kernels run on one GPU and every (token, rank) row crosses a ring once each way).
 
 TB/s = payload bytes sent to peers per second (dispatch: rows x (hidden FP8 bytes + scales);
-combine: rows x hidden x 2), beside torch index_select / index_add_ moving the same rows in the
-same run. Times are CUDA-graph replays (worst-case-size buffers: one launch, no CPU sync).
+combine: rows x hidden x 2) at 20, 24 and all SMs (also printed per SM, the figure to hold
+against DeepEP's intranode kernels), beside torch index_select / index_add_ moving the same rows
+in the same run. Times are CUDA-graph replays (worst-case-size outputs: no CPU sync). The buffer
+footprint per rank is printed beside the bulk-synchronous design's R x max_tokens x (4H + 512 B).
 Overlap: fp8_gemm_nt (4096x7168x2048) on 112 SMs beside dispatch on 20 SMs on another stream;
 reported value = wall time / max(alone times) (target <= 1.1).
 """
@@ -15,14 +18,13 @@ import statistics
 import torch
 
 import deepseek_ext as dx
-from deepseek_ext.ep.types import Handle
 from deepseek_ext.reference.quant import per_block_cast_to_fp8
 import ep_traffic
 from report import OURS, make_row
 from timing import graph_time_ms
 
 TOKENS, HIDDEN, EXPERTS, TOPK, RANKS = 4096, 7168, 256, 8, 8
-SMS = (20, 24, 132)
+SMS = (20, 24, None)  # None: every SM of the device
 SHAPE = f"{TOKENS} tok x {HIDDEN}, top-{TOPK}/{EXPERTS}, {RANKS} ranks"
 
 
@@ -32,16 +34,11 @@ def _routing() -> tuple[torch.Tensor, torch.Tensor]:
     return idx, torch.rand(TOKENS, TOPK, device="cuda")
 
 
-def _symmetric_handle(layout) -> tuple[Handle, int]:
-    """Rank 0's combine handle if every rank had rank 0's routing: it received, from every
-    source, the tokens that rank 0 sends to itself (the realistic combine traffic of one rank)."""
-    mine = layout.is_token_in_rank[:, 0].nonzero().squeeze(1)
-    src_rank = torch.arange(RANKS, device="cuda").repeat_interleave(mine.numel())
-    src_token = mine.repeat(RANKS)
-    n = src_rank.numel()
-    num_recv = torch.tensor([n, n], dtype=torch.int64, device="cuda")
-    return Handle(src_rank, src_token, (TOKENS,) * RANKS, is_token_in_rank=layout.is_token_in_rank,
-                  num_recv=num_recv), n
+def _footprint(buffer, num_sms: int) -> None:
+    old = RANKS * TOKENS * (4 * HIDDEN + 512)
+    print(f"bench ep buffer ({num_sms} SMs): {buffer._ipc.region_bytes / 2**20:.1f} MiB per rank "
+          f"(rings of {buffer._ipc.layout.ring_bytes // 1024} KiB); old design R x max_tokens x (4H + 512 B) = "
+          f"{old / 2**20:.0f} MiB")
 
 
 def _rows(op: str, impl: str, ms: float, nbytes: int) -> dict:
@@ -102,17 +99,22 @@ def run(quick: bool) -> list[dict]:
     idx, w = _routing()
     rows = []
     overlap_buffer = None
-    for num_sms in SMS[:1] if quick else SMS:
+    all_sms = torch.cuda.get_device_properties(0).multi_processor_count
+    sms = [n or all_sms for n in (SMS[:1] if quick else SMS)]
+    for num_sms in sms:
         buffer = dx.ep.Buffer.loopback(HIDDEN, EXPERTS, RANKS, TOKENS, num_sms=num_sms, worst_case=True)
+        _footprint(buffer, num_sms)
         layout = buffer.get_dispatch_layout(idx)
         pairs = int(layout.num_tokens_per_rank.sum())
-        dispatch_bytes = pairs * (HIDDEN + s.shape[1] * 4)
+        dispatch_bytes, combine_bytes = pairs * (HIDDEN + s.shape[1] * 4), pairs * HIDDEN * 2
         ms = graph_time_ms(lambda: buffer.dispatch((q, s), idx, w, layout=layout), reps=reps)
         rows.append(_rows(f"dispatch FP8 ({num_sms} SMs)", OURS, ms, dispatch_bytes))
-        handle, n = _symmetric_handle(layout)
-        y = torch.randn(n, HIDDEN, device="cuda", dtype=torch.bfloat16)
-        ms = graph_time_ms(lambda: buffer.combine(y, handle), reps=reps)
-        rows.append(_rows(f"combine bf16 ({num_sms} SMs)", OURS, ms, n * HIDDEN * 2))
+        got = buffer.dispatch((q, s), idx, w, layout=layout)  # the handle a loopback combine needs
+        y = torch.randn(got.x.shape, device="cuda", dtype=torch.bfloat16)
+        ms_c = graph_time_ms(lambda: buffer.combine(y, got.handle), reps=reps)
+        rows.append(_rows(f"combine bf16 ({num_sms} SMs)", OURS, ms_c, combine_bytes))
+        print(f"bench ep per SM ({num_sms} SMs): dispatch {dispatch_bytes / ms / 1e6 / num_sms:.2f} GB/s, "
+              f"combine {combine_bytes / ms_c / 1e6 / num_sms:.2f} GB/s")
         if num_sms == 20:
             overlap_buffer = (buffer, layout)
         buffer.check_errors()
@@ -121,12 +123,13 @@ def run(quick: bool) -> list[dict]:
     send_token = torch.cat([layout.is_token_in_rank[:, d].nonzero().squeeze(1) for d in range(RANKS)])
     q_bytes = q.view(torch.uint8)
     ms = graph_time_ms(lambda: torch.index_select(q_bytes, 0, send_token), reps=reps)
-    for num_sms in SMS[:1] if quick else SMS:
+    for num_sms in sms:
         rows.append(_rows(f"dispatch FP8 ({num_sms} SMs)", "torch index_select (same rows)", ms, dispatch_bytes))
     out = torch.zeros(TOKENS, HIDDEN, device="cuda", dtype=torch.bfloat16)
-    ms = graph_time_ms(lambda: out.index_add_(0, handle.src_token, y), reps=reps)
-    for num_sms in SMS[:1] if quick else SMS:
-        rows.append(_rows(f"combine bf16 ({num_sms} SMs)", "torch index_add_ (same rows)", ms, n * HIDDEN * 2))
+    partials = torch.randn(send_token.numel(), HIDDEN, device="cuda", dtype=torch.bfloat16)
+    ms = graph_time_ms(lambda: out.index_add_(0, send_token, partials), reps=reps)
+    for num_sms in sms:
+        rows.append(_rows(f"combine bf16 ({num_sms} SMs)", "torch index_add_ (same rows)", ms, combine_bytes))
 
     buffer, layout = overlap_buffer
     rows.append(_overlap_row(buffer, q, s, idx, w, layout, reps))

@@ -22,6 +22,7 @@ from gloo_ranks import run_ranks
 from test_ep_torch import HIDDEN, MAX_TOKENS, all_ranks, assert_same_result, cases, expert_outputs
 
 pytestmark = pytest.mark.gpu
+MIN_RING_BYTES = 16 * 2 * HIDDEN  # a combine receiver's step: 16 bf16 rows
 
 
 def to_cpu(result):
@@ -107,7 +108,7 @@ def check_worst_case_and_async(worst, rank, num_ranks, spec, device):
     got = worst.dispatch(xs[rank].to(device), idxs[rank].to(device), ws[rank].to(device), expert_alignment=128,
                          async_op=True)
     wait(got.event, device)
-    num_recv, num_rows = got.handle.num_recv.tolist()
+    num_recv, num_rows = got.handle.num_recv[:2].tolist()
     assert num_recv == want.topk_idx.shape[0] and num_rows == want.x.shape[0]
     assert got.x.shape[0] >= num_rows and got.topk_idx.shape[0] == num_ranks * MAX_TOKENS
     assert torch.equal(got.x[:num_rows].cpu(), want.x)
@@ -126,7 +127,9 @@ def check_worst_case_and_async(worst, rank, num_ranks, spec, device):
 def ipc_worker(rank, num_ranks, init_file, device):
     init_rank(rank, num_ranks, init_file, device)
     try:
-        ipc = dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, num_sms=4, backend="ipc", timeout_s=20)
+        # the smallest rings (16 combine rows): every ring wraps and its sender waits for space
+        ipc = dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, num_sms=4, backend="ipc", timeout_s=20,
+                           ring_bytes=MIN_RING_BYTES)
         assert ipc._ipc.device.type == device  # the kernels run where the tensors are (the emulator on CPU)
         assert dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, backend="auto").backend == "ipc"
         via_torch = dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, backend="torch")
@@ -134,8 +137,8 @@ def ipc_worker(rank, num_ranks, init_file, device):
             for kind in ("bf16", "fp32", "fp8"):
                 for alignment in (1, 128):
                     check_ipc_case(ipc, via_torch, rank, num_ranks, spec, kind, alignment, device)
-        worst = dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, num_sms=4, backend="ipc", worst_case=True,
-                             timeout_s=20)
+        worst = dx.ep.Buffer(None, HIDDEN, 4 * num_ranks, MAX_TOKENS, num_sms=3, backend="ipc", worst_case=True,
+                             timeout_s=20)  # odd num_sms: one channel, a block unused
         check_worst_case_and_async(worst, rank, num_ranks, cases(num_ranks)["random"], device)
         for buffer in (ipc, worst, via_torch):
             buffer.destroy()
@@ -187,7 +190,7 @@ LOOP_RANKS, LOOP_EXPERTS = 4, 16
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
 @pytest.mark.parametrize("alignment", [1, 128])
 def test_loopback_dispatch_and_combine_match_reference(kernel_device, fp8, alignment):
-    buffer = dx.ep.Buffer.loopback(HIDDEN, LOOP_EXPERTS, LOOP_RANKS, MAX_TOKENS, num_sms=3)
+    buffer = dx.ep.Buffer.loopback(HIDDEN, LOOP_EXPERTS, LOOP_RANKS, MAX_TOKENS, num_sms=3, ring_bytes=MIN_RING_BYTES)
     xs, idxs, ws = all_ranks([45] + [0] * (LOOP_RANKS - 1), LOOP_EXPERTS, 4)  # only rank 0 sends
     inputs = [per_token_cast_to_fp8(x) for x in xs] if fp8 else xs
     want = ref.dispatch(inputs, idxs, ws, LOOP_EXPERTS, expert_alignment=alignment)
@@ -234,3 +237,18 @@ def test_worst_case_layout_flags_bad_expert_ids(kernel_device):
     buffer.get_dispatch_layout(idx)
     with pytest.raises(RuntimeError, match=rf"expert id {LOOP_EXPERTS + 2} outside \[-1, {LOOP_EXPERTS}\)"):
         buffer.check_errors()
+
+
+def test_ring_bytes_are_checked_and_the_footprint_ignores_max_tokens(kernel_device):
+    with pytest.raises(ValueError, match=rf"ring_bytes must be a multiple of 16 and at least {MIN_RING_BYTES} for "
+                                         rf"hidden={HIDDEN} .* got {MIN_RING_BYTES - 16}"):
+        dx.ep.Buffer.loopback(HIDDEN, LOOP_EXPERTS, LOOP_RANKS, MAX_TOKENS, num_sms=2, ring_bytes=MIN_RING_BYTES - 16)
+    with pytest.raises(ValueError, match="num_sms >= 2"):
+        dx.ep.Buffer.loopback(HIDDEN, LOOP_EXPERTS, LOOP_RANKS, MAX_TOKENS, num_sms=1)
+    sizes = set()
+    for max_tokens in (64, 4096):
+        buffer = dx.ep.Buffer.loopback(HIDDEN, LOOP_EXPERTS, LOOP_RANKS, max_tokens, num_sms=4, ring_bytes=MIN_RING_BYTES)
+        sizes.add(buffer._ipc.region_bytes)
+        assert buffer._ipc.region_bytes < 2 * 2 * LOOP_RANKS * 2 * MIN_RING_BYTES + 8192  # rings + control
+        buffer.destroy()
+    assert len(sizes) == 1

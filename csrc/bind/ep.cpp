@@ -1,5 +1,5 @@
 // Bindings of the expert-parallel launchers: the parameter structs are filled field by field
-// from Python (addresses as ints), and the CUDA IPC helpers return (value, error string).
+// from Python (addresses as ints), and the memory helpers return (value, error string).
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -25,10 +25,10 @@ void pointer_field(py::class_<Struct>& cls, const char* name, T* Struct::*field)
       [field](Struct& s, uintptr_t address) { s.*field = reinterpret_cast<T*>(address); });
 }
 
-// Both parameter structs carry the peer tables (two device arrays of region addresses) and the
-// operation header (a list of ep::kHeaderWords ints).
-template <typename Struct>
-void peers_setter(py::class_<Struct>& cls) {
+// Both launch structs carry the peer tables (two device arrays of region addresses), the
+// operation header (a list of ep::kHeaderWords ints), and up to kMaxRanks sides (`sides`).
+template <typename Struct, typename Side>
+void common_fields(py::class_<Struct>& cls, Side (Struct::*sides)[ep::kMaxRanks], const char* set_side) {
   cls.def("set_peers", [](Struct& s, uintptr_t data, uintptr_t signal) {
     s.peers = {ptr<const uint64_t>(data), ptr<const uint64_t>(signal)};
   });
@@ -38,6 +38,10 @@ void peers_setter(py::class_<Struct>& cls) {
         if (words.size() != ep::kHeaderWords) throw py::value_error("header must have EP_HEADER_WORDS ints");
         std::copy(words.begin(), words.end(), s.header);
       });
+  cls.def(set_side, [sides](Struct& s, int i, const Side& side) {
+    if (i < 0 || i >= ep::kMaxRanks) throw py::index_error("side index must be in [0, EP_MAX_RANKS)");
+    (s.*sides)[i] = side;
+  });
 }
 
 void register_layouts(py::module_& m) {
@@ -46,64 +50,83 @@ void register_layouts(py::module_& m) {
   cls.def(py::init<>());
 #define DX_FIELD(name) cls.def_readwrite(#name, &L::name)
   DX_FIELD(arrivals); DX_FIELD(barrier_epoch); DX_FIELD(grid_base); DX_FIELD(grid_arrivals); DX_FIELD(error);
-  DX_FIELD(headers);
-  DX_FIELD(counts); DX_FIELD(recv_x); DX_FIELD(recv_scales); DX_FIELD(recv_meta); DX_FIELD(combine);
-  DX_FIELD(count_cols); DX_FIELD(x_row_bytes); DX_FIELD(scale_cols); DX_FIELD(max_tokens);
+  DX_FIELD(headers); DX_FIELD(ring_words); DX_FIELD(counts); DX_FIELD(rings); DX_FIELD(count_cols);
+  DX_FIELD(channels); DX_FIELD(ring_bytes);
 #undef DX_FIELD
-  m.attr("EP_META_INTS") = ep::kMetaInts;
   m.attr("EP_MAX_RANKS") = ep::kMaxRanks;
   m.attr("EP_MAX_TOPK") = ep::kMaxTopk;
   m.attr("EP_HEADER_WORDS") = ep::kHeaderWords;
+  m.attr("EP_WARPS") = ep::kWarps;
+  m.def("ep_dispatch_slot_bytes", &ep::dispatch_slot_bytes);
 }
 
 void register_dispatch_params(py::module_& m) {
+  using S = ep::RecvSide;
+  py::class_<S> side(m, "EpRecvSide", py::module_local());
+  side.def(py::init<>());
+  side.def_readwrite("rank", &S::rank);
+  side.def_readwrite("ld_out_scales", &S::ld_out_scales);
+  side.def_readwrite("cap_tokens", &S::cap_tokens);
+  side.def_readwrite("cap_rows", &S::cap_rows);
+#define DX_PTR(name) pointer_field(side, #name, &S::name)
+  DX_PTR(local); DX_PTR(num_recv); DX_PTR(tokens_per_local_expert); DX_PTR(info); DX_PTR(out_x); DX_PTR(out_scales);
+  DX_PTR(out_topk_idx); DX_PTR(out_topk_weights); DX_PTR(out_src_rank); DX_PTR(out_src_token); DX_PTR(out_m_indices);
+  DX_PTR(out_row_token); DX_PTR(out_row_weight); DX_PTR(out_token_rows);
+#undef DX_PTR
+
   using P = ep::DispatchParams;
   py::class_<P> cls(m, "EpDispatchParams", py::module_local());
   cls.def(py::init<>());
 #define DX_FIELD(name) cls.def_readwrite(#name, &P::name)
-  DX_FIELD(rank); DX_FIELD(num_ranks); DX_FIELD(local_experts); DX_FIELD(topk); DX_FIELD(num_tokens);
-  DX_FIELD(x_bytes); DX_FIELD(scale_groups); DX_FIELD(alignment); DX_FIELD(timeout_ns); DX_FIELD(start_barrier);
-  DX_FIELD(push_counts); DX_FIELD(push_data); DX_FIELD(ld_x_bytes); DX_FIELD(ld_scales); DX_FIELD(layout);
-  DX_FIELD(ld_out_scales); DX_FIELD(cap_tokens); DX_FIELD(cap_rows);
+  DX_FIELD(rank); DX_FIELD(num_ranks); DX_FIELD(local_experts); DX_FIELD(topk); DX_FIELD(num_rx); DX_FIELD(tag);
+  DX_FIELD(num_tokens); DX_FIELD(x_bytes); DX_FIELD(scale_groups); DX_FIELD(alignment); DX_FIELD(timeout_ns);
+  DX_FIELD(slot_bytes); DX_FIELD(only_agree); DX_FIELD(ld_x_bytes); DX_FIELD(ld_scales); DX_FIELD(layout);
 #undef DX_FIELD
 #define DX_PTR(name) pointer_field(cls, #name, &P::name)
-  DX_PTR(x); DX_PTR(scales); DX_PTR(topk_idx); DX_PTR(topk_weights); DX_PTR(token_slot_in_rank);
-  DX_PTR(slot_in_expert); DX_PTR(tokens_per_rank); DX_PTR(tokens_per_expert); DX_PTR(local); DX_PTR(num_recv);
-  DX_PTR(tokens_per_local_expert); DX_PTR(out_x); DX_PTR(out_scales); DX_PTR(out_topk_idx);
-  DX_PTR(out_topk_weights); DX_PTR(out_src_rank); DX_PTR(out_src_token); DX_PTR(out_m_indices);
-  DX_PTR(out_row_token); DX_PTR(out_row_weight); DX_PTR(out_token_rows);
+  DX_PTR(input_error); DX_PTR(info); DX_PTR(x); DX_PTR(scales); DX_PTR(topk_idx); DX_PTR(topk_weights);
+  DX_PTR(token_slot_in_rank); DX_PTR(slot_in_expert); DX_PTR(tokens_per_rank); DX_PTR(tokens_per_expert);
+  DX_PTR(local);
 #undef DX_PTR
-  peers_setter(cls);
+  common_fields(cls, &P::rx, "set_rx");
 }
 
 void register_combine_params(py::module_& m) {
+  using S = ep::SendSide;
+  py::class_<S> side(m, "EpSendSide", py::module_local());
+  side.def(py::init<>());
+  side.def_readwrite("rank", &S::rank);
+#define DX_PTR(name) pointer_field(side, #name, &S::name)
+  DX_PTR(y); DX_PTR(num_recv); DX_PTR(src_rank); DX_PTR(src_token); DX_PTR(token_rows); DX_PTR(row_weight);
+#undef DX_PTR
+
   using P = ep::CombineParams;
   py::class_<P> cls(m, "EpCombineParams", py::module_local());
   cls.def(py::init<>());
 #define DX_FIELD(name) cls.def_readwrite(#name, &P::name)
-  DX_FIELD(rank); DX_FIELD(num_ranks); DX_FIELD(topk); DX_FIELD(hidden); DX_FIELD(num_tokens);
-  DX_FIELD(timeout_ns); DX_FIELD(y_is_fp32); DX_FIELD(layout);
+  DX_FIELD(rank); DX_FIELD(num_ranks); DX_FIELD(topk); DX_FIELD(num_tx); DX_FIELD(tag); DX_FIELD(hidden);
+  DX_FIELD(num_tokens); DX_FIELD(timeout_ns); DX_FIELD(y_is_fp32); DX_FIELD(layout);
 #undef DX_FIELD
-#define DX_PTR(name) pointer_field(cls, #name, &P::name)
-  DX_PTR(num_recv); DX_PTR(src_rank); DX_PTR(src_token); DX_PTR(token_rows); DX_PTR(row_weight);
-  DX_PTR(is_token_in_rank); DX_PTR(local);
-#undef DX_PTR
-  cls.def_property(
-      "y", [](const P& p) { return reinterpret_cast<uintptr_t>(p.y); },
-      [](P& p, uintptr_t address) { p.y = ptr<const void>(address); });
+  pointer_field(cls, "is_token_in_rank", &P::is_token_in_rank);
+  pointer_field(cls, "local", &P::local);
   cls.def_property(
       "out", [](const P& p) { return reinterpret_cast<uintptr_t>(p.out); },
       [](P& p, uintptr_t address) { p.out = ptr<__nv_bfloat16>(address); });
-  peers_setter(cls);
+  common_fields(cls, &P::tx, "set_tx");
 }
 
-void register_ipc_memory(py::module_& m) {
+void register_memory(py::module_& m) {
   m.def("ep_alloc", [](int64_t bytes) {
     void* p = nullptr;
     const std::string err = error_string(ep_alloc(bytes, &p));
     return std::make_tuple(reinterpret_cast<uintptr_t>(p), err);
   });
   m.def("ep_free", [](uintptr_t p) { return error_string(ep_free(ptr<void>(p))); });
+  m.def("ep_host_alloc", [](int64_t bytes) {
+    void *host = nullptr, *device = nullptr;
+    const std::string err = error_string(ep_host_alloc(bytes, &host, &device));
+    return std::make_tuple(std::make_tuple(reinterpret_cast<uintptr_t>(host), reinterpret_cast<uintptr_t>(device)), err);
+  });
+  m.def("ep_host_free", [](uintptr_t p) { return error_string(ep_host_free(ptr<void>(p))); });
   m.def("ep_ipc_handle", [](uintptr_t p) {
     cudaIpcMemHandle_t handle;
     const std::string err = error_string(ep_ipc_handle(ptr<void>(p), &handle));
@@ -127,7 +150,7 @@ void register_ep(py::module_& m) {
   register_layouts(m);
   register_dispatch_params(m);
   register_combine_params(m);
-  register_ipc_memory(m);
+  register_memory(m);
   m.def(
       "ep_dispatch_layout",
       [](uintptr_t topk_idx, int64_t num_tokens, int topk, int num_experts, int num_ranks, uintptr_t per_rank,
@@ -140,16 +163,15 @@ void register_ep(py::module_& m) {
       },
       release_gil());
   m.def(
+      "ep_notify", [](const ep::DispatchParams& p, uintptr_t stream) { return error_string(launch_ep_notify(p, stream_of(stream))); },
+      release_gil());
+  m.def(
       "ep_dispatch",
-      [](const ep::DispatchParams& p, int num_sms, uintptr_t stream) {
-        return error_string(launch_ep_dispatch(p, num_sms, stream_of(stream)));
-      },
+      [](const ep::DispatchParams& p, uintptr_t stream) { return error_string(launch_ep_dispatch(p, stream_of(stream))); },
       release_gil());
   m.def(
       "ep_combine",
-      [](const ep::CombineParams& p, int num_sms, uintptr_t stream) {
-        return error_string(launch_ep_combine(p, num_sms, stream_of(stream)));
-      },
+      [](const ep::CombineParams& p, uintptr_t stream) { return error_string(launch_ep_combine(p, stream_of(stream))); },
       release_gil());
 }
 

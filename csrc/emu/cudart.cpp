@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -117,6 +118,22 @@ cudaError_t cudaMemset(void* ptr, int value, size_t bytes) {
 }
 
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }  // emulated launches are synchronous
+
+// Mapped pinned memory: host memory the emulated device addresses directly (one address space).
+cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned int) {
+  *ptr = std::calloc(bytes == 0 ? 1 : bytes, 1);
+  return *ptr == nullptr ? cudaErrorMemoryAllocation : cudaSuccess;
+}
+
+cudaError_t cudaHostGetDevicePointer(void** device, void* host, unsigned int) {
+  *device = host;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
 
 cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t* handle, void* ptr) {
   const std::lock_guard<std::mutex> guard(g_mutex);

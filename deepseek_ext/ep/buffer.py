@@ -10,9 +10,11 @@ at creation, every operation's first exchange carries a header that every rank c
 whose own input checks fail still takes part in that exchange, flagged invalid.
 
 Failures are sticky: after a device-side timeout or diverged calls every later call raises until
-every rank calls reset(). Errors of work the host did not wait for (async_op, worst_case, CUDA
-graph replays) surface at the next synchronizing call: check_errors(), reset(), destroy(), or a
-dispatch/combine without async_op and worst_case. destroy() is collective; __del__ only warns.
+every rank calls reset(). With the ipc backend on a GPU the host waits once per normal-mode
+dispatch (for the received sizes) and never in a combine, so errors of work it did not wait for
+(the dispatch's data phase, combines, worst_case and async_op calls, CUDA graph replays) surface
+at the next synchronizing call: check_errors(), reset(), destroy(), or the next normal-mode
+dispatch. destroy() is collective; __del__ only warns.
 """
 from __future__ import annotations
 
@@ -102,6 +104,9 @@ class Buffer:
     worst_case=True (ipc only): outputs are sized for num_ranks * max_tokens_per_rank received
     tokens and the counts stay on the device, so dispatch/combine need no CPU sync and can be
     captured in a CUDA graph. timeout_s bounds every device-side wait of the ipc kernels.
+    ring_bytes (ipc): bytes of each (channel, peer) ring the kernels stream through; channels are
+    num_sms // 2. A rank's memory is about num_sms x num_ranks x ring_bytes (2 directions x
+    channels x num_ranks rings), independent of max_tokens_per_rank.
 
     ranks_per_node (None: from LOCAL_WORLD_SIZE, else the hostnames; group ranks are node-major):
     with more than one node, dispatch and combine run in two hops, across nodes then within
@@ -111,7 +116,7 @@ class Buffer:
 
     def __init__(self, group, hidden: int, num_experts: int, max_tokens_per_rank: int, num_sms: int = 20,
                  backend: str = "auto", *, worst_case: bool = False, timeout_s: float = 100.0,
-                 ranks_per_node: int | None = None, _ipc=None):
+                 ranks_per_node: int | None = None, ring_bytes: int = 1 << 19, _ipc=None):
         self.hidden = _positive_int(hidden, "hidden")
         self.num_experts = _positive_int(num_experts, "num_experts")
         self.max_tokens_per_rank = _positive_int(max_tokens_per_rank, "max_tokens_per_rank")
@@ -139,19 +144,23 @@ class Buffer:
         self._ipc = _ipc
         if self.backend == "ipc" and _ipc is None:
             from deepseek_ext.ep.ipc_backend import IpcEngine
-            self._ipc = IpcEngine.create(self.group, hidden, num_experts, max_tokens_per_rank, num_sms, timeout_s)
+            self._ipc = IpcEngine.create(self.group, hidden, num_experts, max_tokens_per_rank, num_sms, ring_bytes,
+                                         timeout_s)
         ipc_on_gpu = self._ipc is not None and self._ipc.device.type == "cuda"
         self._comm_stream = torch.cuda.Stream() if ipc_on_gpu or (
             self.group is not None and torch.cuda.is_available() and dist.get_backend(self.group) == "nccl") else None
 
     @classmethod
     def loopback(cls, hidden: int, num_experts: int, num_ranks: int, max_tokens_per_rank: int,
-                 num_sms: int = 20, *, worst_case: bool = False, timeout_s: float = 100.0) -> "Buffer":
+                 num_sms: int = 20, *, worst_case: bool = False, timeout_s: float = 100.0,
+                 ring_bytes: int = 1 << 19) -> "Buffer":
         """Rank 0 of `num_ranks` on the current GPU, alone: the peers' buffers are local memory and
-        no other rank sends (as if they had zero tokens). The real kernels run, so single-GPU
-        benchmarks and tests measure them; `peer_received(p)` reads what peer p was sent."""
+        no other rank sends tokens (as if they had zero). Each launch also runs the peers' side of
+        rank 0's traffic: in dispatch their receivers (`peer_received(p)` is what peer p got), in
+        combine their senders, returning zero partials. The real kernels run, so single-GPU
+        benchmarks and tests measure them."""
         from deepseek_ext.ep.ipc_backend import IpcEngine
-        engine = IpcEngine.loopback(hidden, num_experts, num_ranks, max_tokens_per_rank, num_sms, timeout_s)
+        engine = IpcEngine.loopback(hidden, num_experts, num_ranks, max_tokens_per_rank, num_sms, ring_bytes, timeout_s)
         return cls(None, hidden, num_experts, max_tokens_per_rank, num_sms, worst_case=worst_case, _ipc=engine)
 
     # --- layout ----------------------------------------------------------------------------
@@ -339,8 +348,6 @@ class Buffer:
         event.record(self._comm_stream)
         if not async_op:
             caller.wait_event(event)
-            if self._ipc is not None and not self.worst_case:
-                self._ipc.raise_if_failed()
         if isinstance(out, DispatchResult):
             out.event = event if async_op else None
             return out

@@ -27,7 +27,7 @@ class Handle(DispatchHandle):
     token_rows: torch.Tensor | None = None  # expanded layout: [N_recv, k] int32 rows per token, experts ascending, -1 pad
     topk_idx: torch.Tensor | None = None  # this rank's routing (combine's backward dispatches again with it)
     topk_weights: torch.Tensor | None = None
-    num_recv: torch.Tensor | None = None  # ipc: [2] int64 on the device: tokens received, expanded rows
+    num_recv: torch.Tensor | None = None  # ipc: [2 + R] int64 on the device: tokens received, expanded rows, each source's T
 
 
 @dataclass

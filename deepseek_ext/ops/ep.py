@@ -11,7 +11,7 @@ from deepseek_ext.reference import ep as ref
 from deepseek_ext.reference.quant import FP8_DTYPE, GROUP, ceil_div
 
 MAX_TOPK = 32  # kernel limit: one lane per top-k slot
-MAX_RANKS = 32  # kernel limit: one lane per rank
+MAX_RANKS = 32  # layout kernel limit (the ipc kernels: EP_MAX_RANKS)
 _INDEX_DTYPES = (torch.int64, torch.int32)
 _WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -129,13 +129,9 @@ def dispatch_layout(topk_idx: torch.Tensor, num_experts: int, num_ranks: int, nu
 
 # --- kernel launches (CUDA IPC backend) ------------------------------------------------------
 
-def launch_dispatch(args: list, device: torch.device) -> None:
-    """Runs the dispatch kernel; args are the integers deepseek_ext.ep.ipc_backend prepares."""
-    _launch.call("ep_dispatch", *args, _launch.stream_handle_of(device), device=device)
-
-
-def launch_combine(args: list, device: torch.device) -> None:
-    _launch.call("ep_combine", *args, _launch.stream_handle_of(device), device=device)
+def launch_ep(name: str, params, device: torch.device) -> None:
+    """Runs ep_notify / ep_dispatch / ep_combine with the parameters deepseek_ext.ep.ipc_backend prepares."""
+    _launch.call(name, params, _launch.stream_handle_of(device), device=device)
 
 
 def check_y(y: torch.Tensor, rows: int, hidden: int) -> None:
