@@ -252,3 +252,19 @@ def test_ring_bytes_are_checked_and_the_footprint_ignores_max_tokens(kernel_devi
         assert buffer._ipc.region_bytes < 2 * 2 * LOOP_RANKS * 2 * MIN_RING_BYTES + 8192  # rings + control
         buffer.destroy()
     assert len(sizes) == 1
+
+
+def test_bad_expert_ids_raise_after_the_dispatch_without_a_host_check(kernel_device):
+    buffer = dx.ep.Buffer.loopback(HIDDEN, LOOP_EXPERTS, LOOP_RANKS, MAX_TOKENS, num_sms=2)
+    xs, idxs, ws = all_ranks([21] + [0] * (LOOP_RANKS - 1), LOOP_EXPERTS, 2)
+    bad = idxs[0].clone()
+    bad[3, 1] = LOOP_EXPERTS + 5
+    x, w = xs[0].to(kernel_device), ws[0].to(kernel_device)
+    with pytest.raises(RuntimeError, match=rf"expert id {LOOP_EXPERTS + 5} outside \[-1, {LOOP_EXPERTS}\)"):
+        buffer.dispatch(x, bad.to(kernel_device), w)
+    skipped = idxs[0].clone()
+    skipped[3, 1] = -1  # what the kernels did with the bad slot
+    assert_same_result(to_cpu(buffer.peer_received(0)), ref.dispatch([xs[0]] + xs[1:], [skipped] + idxs[1:], ws,
+                                                                        LOOP_EXPERTS)[0], False)
+    want = ref.dispatch(xs, idxs, ws, LOOP_EXPERTS)[0]
+    assert_same_result(to_cpu(buffer.dispatch(x, idxs[0].to(kernel_device), w)), want, False)  # not sticky

@@ -168,7 +168,7 @@ class Buffer:
     def get_dispatch_layout(self, topk_idx: torch.Tensor) -> Layout:
         """Per-rank/per-expert counts and positions of this rank's routing (kernel on sm_90)."""
         ops.check_routing(topk_idx, None, None)
-        if not self.worst_case:
+        if self._ipc is None:  # the ipc layout kernel flags bad ids itself (no host sync): see dispatch
             ops.check_expert_ids(topk_idx, self.num_experts)
         error = self._ipc.input_error if self._ipc is not None else None
         return Layout(*ops.dispatch_layout(topk_idx, self.num_experts, self.num_ranks, self.num_sms, error))
@@ -197,7 +197,7 @@ class Buffer:
             raise ValueError(f"the ipc backend runs on {self._ipc.device}, got x on {data.device}")
         if layout is None:
             layout = self.get_dispatch_layout(topk_idx)
-        elif not self.worst_case:
+        elif self._ipc is None:
             ops.check_expert_ids(topk_idx, self.num_experts)
         if self.worst_case and torch.is_grad_enabled() and scales is None and (
                 data.requires_grad or topk_weights.requires_grad):
