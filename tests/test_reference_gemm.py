@@ -132,11 +132,11 @@ def test_m_grouped_masked_computes_only_the_first_rows(masked_m):
     out = ref.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked, expected_m=16)
     assert out.shape == (g, m_max, n)
     a64, b64 = dequant_rows(a, sa), dequant_blocks(b, sb)
-    for group, rows in enumerate(masked_m):
-        assert torch.all(out[group, rows:] == 0)
+    again = ref.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked, expected_m=1)
+    for group, rows in enumerate(masked_m):  # rows past masked_m are unspecified: never compared
         if rows:
             assert calc_diff(out[group, :rows], a64[group, :rows] @ b64[group].T) < LIMIT[torch.bfloat16]
-    assert torch.equal(out, ref.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked, expected_m=1))
+            assert torch.equal(out[group, :rows], again[group, :rows])
 
 
 def k_grouped_operands(group_sizes, n, k):
