@@ -46,6 +46,7 @@ __global__ void __launch_bounds__(kernel_threads(kBlockM), 1)
   }
   // The peer's barriers must be initialized before this CTA multicasts into them or arrives there.
   if (clustered) {
+    __syncwarp();  // barrier.cluster is .aligned: each warp reconverged after thread 0's init
     ptx::cluster_sync();
   } else {
     __syncthreads();
@@ -62,7 +63,10 @@ __global__ void __launch_bounds__(kernel_threads(kBlockM), 1)
     consume<OutT, kBlockM, kBlockN, kSbPerRow>(tmap_d, p, smem_ptr, smem, cluster_rank);
   }
   // The peer may still arrive on this CTA's barriers until it is done.
-  if (clustered) ptx::cluster_sync();
+  if (clustered) {
+    __syncwarp();  // reconverged after the producer thread and the last bulk wait
+    ptx::cluster_sync();
+  }
 }
 
 }  // namespace dx::gemm

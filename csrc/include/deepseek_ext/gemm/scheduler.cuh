@@ -118,7 +118,7 @@ struct TileSchedule {
   // (m block, n block) of tile t of a group; a cluster's pair of tiles differs in one of them.
   DX_HOST_DEVICE TileCoord coord(int t) const {
     if (multicast == Multicast::kNone) return TileGrid{m_blocks(), n_blocks(), group_m}.coord(t);
-    const int rank = t & 1;
+    const int rank = t & 1;  // = %cluster_ctarank: 1-D grid, clusters (2,1,1), gridDim.x even
     if (multicast == Multicast::kA) {
       const TileCoord pair = TileGrid{m_blocks(), n_blocks() / 2, group_m}.coord(t >> 1);
       return {pair.m_block, 2 * pair.n_block + rank};

@@ -6,6 +6,10 @@
 #include "deepseek_ext/common.cuh"
 #include "deepseek_ext/ptx/sys_memory.cuh"
 
+#if defined(DX_DEBUG_HANGS)
+#include <cstdio>
+#endif
+
 namespace dx::ptx {
 
 __device__ __forceinline__ void mbarrier_init(uint32_t bar, uint32_t arrivals DX_SITE_PARAM) {
@@ -75,8 +79,9 @@ __device__ __forceinline__ bool mbarrier_try_wait_parity(uint32_t bar, uint32_t 
 // silently; the emulator reports deadlocks itself.
 constexpr uint64_t kHangTimeoutNs = 10'000'000'000ull;
 
-__device__ __forceinline__ void mbarrier_wait_parity(uint32_t bar, uint32_t parity, int stage = -1 DX_SITE_PARAM) {
 #if defined(DX_DEBUG_HANGS) && !defined(DX_EMULATE)
+// Out of line: the timer and the printf arguments must not cost the inlined waits registers.
+__device__ __noinline__ void mbarrier_wait_parity_or_trap(uint32_t bar, uint32_t parity, int stage) {
   const uint64_t start = globaltimer_ns();
   while (!ptx::mbarrier_try_wait_parity(bar, parity)) {
     if (globaltimer_ns() - start > kHangTimeoutNs) {
@@ -86,6 +91,12 @@ __device__ __forceinline__ void mbarrier_wait_parity(uint32_t bar, uint32_t pari
       __trap();
     }
   }
+}
+#endif
+
+__device__ __forceinline__ void mbarrier_wait_parity(uint32_t bar, uint32_t parity, int stage = -1 DX_SITE_PARAM) {
+#if defined(DX_DEBUG_HANGS) && !defined(DX_EMULATE)
+  if (!ptx::mbarrier_try_wait_parity(bar, parity)) mbarrier_wait_parity_or_trap(bar, parity, stage);
 #else
   (void)stage;
   while (!ptx::mbarrier_try_wait_parity(bar, parity DX_SITE_ARG)) {
