@@ -68,6 +68,16 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
   return cudaSuccess;
 }
 
+// One wave of the emulator holds kSmCount / cluster whole clusters (scheduler.cpp), whatever the kernel.
+cudaError_t cudaOccupancyMaxActiveClusters(int* clusters, const void*, const cudaLaunchConfig_t* config) {
+  unsigned size = 1;
+  for (unsigned i = 0; i < config->numAttrs; ++i)
+    if (config->attrs[i].id == cudaLaunchAttributeClusterDimension) size = config->attrs[i].val.clusterDim.x;
+  if (size < 1 || size > static_cast<unsigned>(dx::emu::kMaxClusterSize)) return cudaErrorInvalidClusterSize;
+  *clusters = dx::emu::kSmCount / static_cast<int>(size);
+  return cudaSuccess;
+}
+
 cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** func, unsigned int, unsigned long long,
                                              cudaDriverEntryPointQueryResult* status) {
   const bool known = std::strcmp(symbol, "cuTensorMapEncodeTiled") == 0;
