@@ -2,7 +2,6 @@
 #include <cuda.h>
 #include <cuda_bf16.h>
 
-#include <atomic>
 #include <string>
 
 #include "deepseek_ext/gemm/fp8_gemm_kernel.cuh"
@@ -10,6 +9,7 @@
 #include "deepseek_ext/gemm/staging.cuh"
 #include "launch/gemm.h"
 #include "launch/error_detail.h"
+#include "launch/kernel_attributes.h"
 #include "launch/launch_kernel.h"
 #include "launch/tensor_map.h"
 
@@ -22,7 +22,6 @@ using gemm::kBlockK;
 constexpr int kGroupM = 8;       // M blocks per rasterization group (L2 reuse of B)
 constexpr int kDimMultiple = 16; // N, K: 16-byte e4m3 rows for TMA
 constexpr int kContiguousBlockRows = 128;  // m_indices name one group per 128-row block
-constexpr int kMaxDevices = 64;            // per-device caches of kernel attributes
 
 // Row-major tensor of `rank` (2 or 3) dims, dims[0] innermost, strides[i] (elements) of
 // dims[i + 1], read/written in boxes `box`; out-of-bounds elements read as zero and are not written.
@@ -44,40 +43,6 @@ cudaError_t encode_2d(CUtensorMap* map, CUtensorMapDataType type, int elem_bytes
 
 bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// Raises a kernel's dynamic shared-memory limit once per device (the setting is per device);
-// `done_devices` is that kernel's own bitmask of devices already set.
-cudaError_t allow_shared_memory(const void* kernel, int bytes, std::atomic<uint64_t>& done_devices) {
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
-  if (bit != 0 && (done_devices.load(std::memory_order_relaxed) & bit)) return cudaSuccess;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (err == cudaSuccess) done_devices.fetch_or(bit, std::memory_order_relaxed);
-  return err;
-}
-
-// How many clusters of `cluster` CTAs of `kernel` can be resident at once (fewer than
-// num_sms / cluster where the SMs' grouping into GPCs leaves some unpaired); asked once per device.
-cudaError_t resident_clusters(const void* kernel, int threads, int smem_bytes, int cluster,
-                              std::atomic<int> (&per_device)[kMaxDevices], int& count) {
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  if (device < kMaxDevices && (count = per_device[device].load(std::memory_order_relaxed)) > 0) return cudaSuccess;
-  cudaLaunchAttribute attribute = {};
-  attribute.id = cudaLaunchAttributeClusterDimension;
-  attribute.val.clusterDim.x = static_cast<unsigned>(cluster);
-  attribute.val.clusterDim.y = attribute.val.clusterDim.z = 1;
-  // Positional: grid, block, dynamic shared memory, stream, attributes (the emulation build's
-  // runtime.h defines gridDim and blockDim as macros).
-  cudaLaunchConfig_t config = {dim3(cluster), dim3(threads), static_cast<size_t>(smem_bytes), nullptr, &attribute, 1};
-  if ((err = cudaOccupancyMaxActiveClusters(&count, kernel, &config)) != cudaSuccess) return err;
-  if (count < 1) return cudaErrorInvalidConfiguration;  // not even one cluster fits an SM group
-  if (device < kMaxDevices) per_device[device].store(count, std::memory_order_relaxed);
-  return cudaSuccess;
-}
-
 struct Operands {
   CUtensorMap a, b, sa, sb, d;
   gemm::GemmParams params;
@@ -85,17 +50,13 @@ struct Operands {
 
 template <typename OutT, int kBlockM, int kBlockN, bool kSbPerRow>
 cudaError_t launch_typed(const Operands& ops, int ctas, int cluster, cudaStream_t stream) {
-  static std::atomic<uint64_t> smem_set_devices{0};  // one mask per kernel instantiation
-  static std::atomic<int> pairs_per_device[kMaxDevices] = {};
-  const auto kernel = gemm::fp8_gemm_nt_kernel<OutT, kBlockM, kBlockN, kSbPerRow>;
+  constexpr auto kernel = gemm::fp8_gemm_nt_kernel<OutT, kBlockM, kBlockN, kSbPerRow>;
   constexpr int smem_bytes = gemm::layout_for(sizeof(OutT), kBlockM, kBlockN).request_bytes();
-  cudaError_t err = allow_shared_memory(reinterpret_cast<const void*>(kernel), smem_bytes, smem_set_devices);
-  if (err != cudaSuccess) return err;
+  if (cudaError_t err = allow_dynamic_smem<kernel>(smem_bytes)) return err;
   if (cluster > 1) {  // a persistent grid of clusters must be resident all at once
     int resident = 0;
-    err = resident_clusters(reinterpret_cast<const void*>(kernel), gemm::kernel_threads(kBlockM), smem_bytes, cluster,
-                            pairs_per_device, resident);
-    if (err != cudaSuccess) return err;
+    if (cudaError_t err = resident_clusters<kernel>(gemm::kernel_threads(kBlockM), smem_bytes, cluster, resident))
+      return err;
     if (ctas > resident * cluster) ctas = resident * cluster;
   }
   return launch_clustered_kernel(kernel, ctas, gemm::kernel_threads(kBlockM), smem_bytes, stream, false, cluster,

@@ -1,7 +1,6 @@
 // Launchers of the quantization kernels.
 #include <cuda_bf16.h>
 
-#include <atomic>
 #include <type_traits>
 
 #include "deepseek_ext/quant/cast_with_transpose.cuh"
@@ -10,6 +9,7 @@
 #include "deepseek_ext/quant/per_token_cast.cuh"
 #include "deepseek_ext/quant/swiglu_cast.cuh"
 #include "deepseek_ext/quant/transpose_block.cuh"
+#include "launch/kernel_attributes.h"
 #include "launch/launch_kernel.h"
 #include "launch/quant.h"
 #include "launch/tensor_map.h"
@@ -24,23 +24,6 @@ cudaError_t grid_for(int64_t work, int64_t per_block, unsigned* blocks) {
   if (n > INT32_MAX) return cudaErrorInvalidConfiguration;
   *blocks = static_cast<unsigned>(n);
   return cudaSuccess;
-}
-
-// Raises kernel's dynamic shared-memory limit to `bytes` (fp32 transpose tiles need 64 KB, above
-// the 48 KB a CTA gets without opting in) once per device, so that launches inside a CUDA-graph
-// capture make no attribute call.
-// `Tag` tells apart kernels of one signature (the flags below are per instantiation).
-template <typename Tag = void, typename Kernel>
-cudaError_t allow_dynamic_smem(Kernel kernel, int bytes) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<bool> done[kMaxDevices];
-  int device = 0;
-  if (cudaError_t err = cudaGetDevice(&device)) return err;
-  const bool tracked = device < kMaxDevices;
-  if (tracked && done[device].load(std::memory_order_acquire)) return cudaSuccess;
-  const cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (err == cudaSuccess && tracked) done[device].store(true, std::memory_order_release);
-  return err;
 }
 
 // Runs fn.template operator()<T>() for the bf16/fp32 input type code.
@@ -132,7 +115,7 @@ cudaError_t launch_per_block_cast_to_fp8(const void* x, int x_dtype, int64_t ld_
                                                {kTile, kTile, 1}))
       return err;
     constexpr int kSmem = BlockCastSmem<T>::kRequest;
-    if (cudaError_t err = allow_dynamic_smem<T>(per_block_cast_to_fp8_kernel<T>, kSmem)) return err;
+    if (cudaError_t err = allow_dynamic_smem<per_block_cast_to_fp8_kernel<T>>(kSmem)) return err;
     // Persistent CTAs: one wave of what the launch bounds keep resident, each walking tiles.
     const int64_t resident = int64_t{sms} * kBlockCastCtasPerSm<T>;
     const int64_t ctas = tiles < resident ? tiles : resident;
@@ -156,7 +139,7 @@ cudaError_t launch_cast_with_transpose(const void* x, int x_dtype, int64_t ld_x,
   return dispatch_float_input(x_dtype, [&](auto tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
     constexpr int kSmem = cast_with_transpose_smem_bytes<T>();
-    if (cudaError_t err = allow_dynamic_smem(cast_with_transpose_kernel<T>, kSmem)) return err;
+    if (cudaError_t err = allow_dynamic_smem<cast_with_transpose_kernel<T>>(kSmem)) return err;
     // Persistent CTAs: one wave (as many as the launch bounds keep resident), each walking tiles.
     const unsigned resident = static_cast<unsigned>(sms) * kCastTransposeMinBlocks;
     const unsigned blocks = tiles < resident ? tiles : resident;
