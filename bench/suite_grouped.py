@@ -100,8 +100,7 @@ def _copy_kernel(data: torch.Tensor, scales: torch.Tensor | None, row_token: tor
     args = (0, 0, 0) if scales is None else (scales.data_ptr(), scales.stride(1), scales.shape[1])
     out_args = (0, 0) if scales is None else (out_scales.data_ptr(), out_scales.stride(1))
     return lambda: _launch.call("permute_rows", data.data_ptr(), data.shape[1] * data.element_size(), *args,
-                                tokens32.data_ptr(), rows, out.data_ptr(), *out_args,
-                                _launch.stream_handle(data))
+                                tokens32.data_ptr(), rows, out.data_ptr(), *out_args, device=data.device)
 
 
 def _permute_rows(quick: bool) -> list[dict]:

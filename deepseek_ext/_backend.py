@@ -36,9 +36,13 @@ def has_emulation() -> bool:
     return _emu is not None
 
 
+# DEEPSEEK_EXT_BACKEND as set, unparsed (the ops key their plans by it): one C call.
+requested_backend_raw = (functools.partial(os.environ.get, _BACKEND_ENV) if _ENVIRON_STORE is None
+                         else functools.partial(_ENVIRON_STORE.get, _BACKEND_ENV_KEY))
+
+
 def _requested_backend() -> str:
-    return _parse_backend(os.environ.get(_BACKEND_ENV) if _ENVIRON_STORE is None
-                          else _ENVIRON_STORE.get(_BACKEND_ENV_KEY))
+    return _parse_backend(requested_backend_raw())
 
 
 @functools.cache
@@ -126,6 +130,13 @@ def set_num_sms(num_sms: int) -> None:
         raise ValueError(f"num_sms must be in [1, {limit}], got {num_sms}")
     global _num_sms
     _num_sms = num_sms
+
+
+def sm_count_of(device: torch.device) -> int:
+    """Every SM the kernels for tensors on `device` may use: the GPU's, or the emulated H200's."""
+    if device.type == "cpu":
+        return EMULATED_SMS
+    return _sm_count(torch.cuda.current_device() if device.index is None else device.index)
 
 
 def get_num_sms() -> int:

@@ -145,8 +145,7 @@ def _raw_call(a, sa, b, sb, out, /, **overrides):
     (m, k), n = a.shape, b.shape[0]
     args = dict(a=a.data_ptr(), lda=k, sa=sa.data_ptr(), ld_sa=sa.stride(-1), b=b.data_ptr(), ldb=k,
                 sb=sb.data_ptr(), ld_sb=sb.shape[1], sb_per_row=False, d=out.data_ptr(),
-                d_dtype=_launch.DTYPE_CODE[out.dtype], c=0, m=m, n=n, k=k, config=None, num_sms=dx.get_num_sms(),
-                stream=_launch.stream_handle(a))
+                d_dtype=_launch.DTYPE_CODE[out.dtype], c=0, m=m, n=n, k=k, config=None, num_sms=dx.get_num_sms())
     args.update(overrides)
     _launch.call("fp8_gemm_nt", *args.values(), device=a.device)
 

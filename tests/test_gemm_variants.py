@@ -101,12 +101,12 @@ def test_k_grouped_variant_matches_float64(kernel_device, block_m, block_n, out,
     t = sum(sizes)
     a, sa = dx.quant.per_token_cast_to_fp8(_random(t, n, device=kernel_device).T.contiguous())
     b, sb = dx.quant.per_token_cast_to_fp8(_random(t, k, device=kernel_device).T.contiguous())
-    offsets = torch.tensor([0, 128, 128, 384], dtype=torch.int32, device=kernel_device)
+    offsets = [0, 128, 128, 384]
     result = torch.full((len(sizes), n, k), float("nan"), dtype=torch.float32, device=kernel_device)
     with forced_config(GemmConfig(block_m, block_n)):
         _gemm_kernels.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, offsets, result, None)
     a64, b64 = _dequantize64(a, sa, 1), _dequantize64(b, sb, 1)
-    expected = torch.stack([a64[:, s:e] @ b64[:, s:e].T for s, e in zip(offsets[:-1].tolist(), offsets[1:].tolist())])
+    expected = torch.stack([a64[:, s:e] @ b64[:, s:e].T for s, e in zip(offsets[:-1], offsets[1:])])
     assert calc_diff(result, expected) < _TOLERANCE[torch.float32]
 
 

@@ -217,8 +217,7 @@ def test_k_grouped_matches_float64(kernel_device, group_sizes, n, k, with_c):
     a, sa, b, sb = _k_grouped_operands(group_sizes, n, k, kernel_device)
     expected = _k_grouped64(a, sa, b, sb, group_sizes)
     c = (torch.randn(len(group_sizes), n, k, device=kernel_device) * expected.abs().mean()).float() if with_c else None
-    offsets = torch.tensor([0, *torch.tensor(group_sizes).cumsum(0).tolist()], dtype=torch.int32,
-                           device=kernel_device)
+    offsets = [0, *torch.tensor(group_sizes).cumsum(0).tolist()]
     out = _poisoned(len(group_sizes), n, k, dtype=torch.float32, device=kernel_device)
     _gemm_kernels.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, offsets, out, c)
     assert not out.isnan().any()
@@ -252,17 +251,16 @@ def test_grouped_launchers_reject_bad_arguments(kernel_device):
     b, sb = _weights(2, 144, 256, kernel_device)
     out = torch.empty(256, 144, dtype=torch.bfloat16, device=kernel_device)
     m_indices = torch.zeros(256, dtype=torch.int32, device=kernel_device)
-    stream = _launch.stream_handle(a)
     args = [a.data_ptr(), sa.data_ptr(), sa.stride(-1), b.data_ptr(), sb.data_ptr(), m_indices.data_ptr(),
-            out.data_ptr(), _launch.DTYPE_CODE[out.dtype], 256, 144, 256, 2, None, dx.get_num_sms(), stream]
+            out.data_ptr(), _launch.DTYPE_CODE[out.dtype], 256, 144, 256, 2, None, dx.get_num_sms()]
     for index, bad in ((8, 200), (5, 0), (9, 120), (13, 0)):  # M % 128, no m_indices, N % 16, no SMs
         with pytest.raises(RuntimeError, match="m_grouped_fp8_gemm_nt_contiguous failed: invalid argument"):
             _launch.call("m_grouped_fp8_gemm_nt_contiguous", *args[:index], bad, *args[index + 1:], device=a.device)
     with pytest.raises(RuntimeError, match="m_grouped_fp8_gemm_nt_masked failed: invalid argument"):
         _launch.call("m_grouped_fp8_gemm_nt_masked", a.data_ptr(), sa.data_ptr(), sa.stride(-1), b.data_ptr(),
                      sb.data_ptr(), m_indices.data_ptr(), out.data_ptr(), _launch.DTYPE_CODE[out.dtype], 2, 128,
-                     144, 256, 0, None, dx.get_num_sms(), stream, device=a.device)  # expected_m = 0
+                     144, 256, 0, None, dx.get_num_sms(), device=a.device)  # expected_m = 0
     with pytest.raises(RuntimeError, match="k_grouped_fp8_gemm_tn_contiguous failed: invalid argument"):
         _launch.call("k_grouped_fp8_gemm_tn_contiguous", a.data_ptr(), sa.data_ptr(), sa.stride(-1), a.data_ptr(),
                      sa.data_ptr(), sa.stride(-1), m_indices.data_ptr(), out.data_ptr(), 0, 1, 256, 256, 208,
-                     None, dx.get_num_sms(), stream, device=a.device)  # T = 208: not whole 128-wide K blocks
+                     None, dx.get_num_sms(), device=a.device)  # T = 208: not whole 128-wide K blocks

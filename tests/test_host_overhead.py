@@ -108,28 +108,88 @@ def test_eager_route_matches_the_dispatcher_route_on_the_kernel_path(name, monke
     assert_same(eager, call())
 
 
-def test_eager_calls_skip_the_dispatcher_and_validate_a_signature_once(monkeypatch):
+def test_eager_calls_skip_the_dispatcher_and_plan_a_signature_once(monkeypatch):
     op = ops_gemm._FP8_GEMM_NT
-    checked = []
+    checked, planned = [], []
     monkeypatch.setattr(op, "dispatch", lambda *args: pytest.fail("an eager call went through torch.library"))
     monkeypatch.setattr(op, "check", lambda *args: checked.append(args) or ops_gemm._check_fp8_gemm_nt(*args))
-    monkeypatch.setattr(op, "_passed", set())
+    monkeypatch.setattr(op, "plan", lambda *args: planned.append(args) or ops_gemm._plan_fp8_gemm_nt(*args))
+    monkeypatch.setattr(op, "_runs", {})
     a, sa, b, sb = dense_args()
     for _ in range(3):
         dx.gemm.fp8_gemm_nt(a, sa, b, sb)
     dx.gemm.fp8_gemm_nt(*dense_args())  # new tensors, same signature
-    assert len(checked) == 1
+    assert len(checked) == len(planned) == 1
     dx.gemm.fp8_gemm_nt(a, sa, b, sb, torch.float32)
     dx.gemm.fp8_gemm_nt(*dense_args(m=9))
-    assert len(checked) == 3
+    assert len(checked) == len(planned) == 3
+
+
+def test_a_signature_holds_every_property_validation_reads(monkeypatch):
+    """Each variation of a validated call is a new signature: validated (and rejected) anew."""
+    op = ops_gemm._FP8_GEMM_NT
+    checked = []
+    monkeypatch.setattr(op, "check", lambda *args: checked.append(args) or ops_gemm._check_fp8_gemm_nt(*args))
+    monkeypatch.setattr(op, "_runs", {})
+    a, sa, b, sb = dense_args()
+    dx.gemm.fp8_gemm_nt(a, sa, b, sb)
+    variants = [
+        (a, sa, b, sb.clone().requires_grad_()),  # requires_grad (grad mode on: the dispatcher route)
+        (a, sa.contiguous(), b, sb),  # strides
+        (a, sa, b, sb.double()),  # dtype
+        (a, sa, b, sb.to("meta")),  # device
+        (a, sa, b[:128], sb),  # shape
+    ]
+    for args in variants:
+        with contextlib.suppress(ValueError, TypeError, RuntimeError):
+            dx.gemm.fp8_gemm_nt(*args)
+    assert len(checked) == 1 + len(variants)
+    resized = b.clone()
+    dx.gemm.fp8_gemm_nt(a, sa, resized, sb)
+    resized.resize_(128, b.shape[1])  # the same tensor object with other metadata: its signature changes
+    with pytest.raises(ValueError, match=r"sb must have shape"):
+        dx.gemm.fp8_gemm_nt(a, sa, resized, sb)
+
+
+def test_a_signature_tells_bool_from_int_and_falls_back_on_other_types():
+    x = torch.randn(4, 256)
+    dx.quant.per_token_cast_to_fp8(x, True)
+    with pytest.raises(TypeError, match=r"pow2_scale must be a bool, got int"):  # 1 == True, but not its type
+        dx.quant.per_token_cast_to_fp8(x, 1)
+    with pytest.raises(TypeError, match=r"pow2_scale must be a bool, got float"):
+        dx.quant.per_token_cast_to_fp8(x, 1.0)
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got ndarray"):
+        dx.quant.per_token_cast_to_fp8(x.numpy())
+    a, sa, b, sb = dense_args()
+    with pytest.raises(TypeError, match=r"out_dtype must be torch.bfloat16 or torch.float32, got \[\]"):
+        dx.gemm.fp8_gemm_nt(a, sa, b, sb, [])  # unhashable
+
+
+def test_plans_follow_the_backend_and_the_kernel_modules(monkeypatch):
+    if not dx.has_emulation():
+        pytest.skip("needs the emulation module deepseek_ext._emu")
+    a, sa, b, sb = dense_args()
+    reference = dx.gemm.fp8_gemm_nt(a, sa, b, sb)
+    monkeypatch.setenv("DEEPSEEK_EXT_BACKEND", "emulate")
+    launched = []
+    stub = types.SimpleNamespace(fp8_gemm_nt=lambda *args: launched.append(args) or "")
+    with monkeypatch.context() as patch:
+        patch.setattr(_backend, "_emu", stub)
+        dx.gemm.fp8_gemm_nt(a, sa, b, sb)
+    assert len(launched) == 1  # the kernel path, on the module in place
+    assert torch.equal(dx.gemm.fp8_gemm_nt(a, sa, b, sb), reference)  # the real emulator again: a new plan
+    assert len(launched) == 1
+    monkeypatch.setattr(_backend, "_emu", None)
+    with pytest.raises(RuntimeError, match="DEEPSEEK_EXT_BACKEND=emulate but deepseek_ext._emu was not built"):
+        dx.gemm.fp8_gemm_nt(a, sa, b, sb)
 
 
 def test_signature_memory_is_bounded(monkeypatch):
     monkeypatch.setattr(_eager, "_MAX_SIGNATURES", 4)
-    op = _eager.EagerOp(lambda x: None, lambda x: x, lambda x: x)
+    op = _eager.EagerOp(lambda x: None, lambda x: (_eager.tensor_key(x),), lambda x: (lambda x: x), lambda x: x)
     for n in range(1, 10):
         op(torch.empty(n))
-        assert 1 <= len(op._passed) <= 4
+        assert 1 <= len(op._runs) <= 4
 
 
 def test_tracing_modes_profiling_and_autograd_take_the_dispatcher_route():
@@ -240,17 +300,20 @@ def test_cached_quant_signature_still_rejects_other_scalars_and_addresses():
 
 def test_cuda_launches_read_the_raw_stream_and_switch_device_only_when_needed(monkeypatch):
     """The CUDA branch of the launch path, with the CUDA calls faked (no GPU needed)."""
-    switched = []
+    switched, launched = [], []
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "device", lambda device: switched.append(device) or contextlib.nullcontext())
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 100 + index, raising=False)
-    monkeypatch.setattr(_backend, "_C", types.SimpleNamespace(launcher=lambda *args: ""))
+    monkeypatch.setattr(_backend, "_C", types.SimpleNamespace(launcher=lambda *args: launched.append(args) or ""))
     _launch.call("launcher", 1, device=torch.device("cuda", 0))
-    _launch.call("launcher", 1, device=torch.device("cuda"))
+    _launch.call("launcher", 2, device=torch.device("cuda"))
     assert switched == []
-    _launch.call("launcher", 1, device=torch.device("cuda", 1))
-    assert switched == [torch.device("cuda", 1)]
-    assert [_launch.stream_handle_of(torch.device(d)) for d in ("cuda:1", "cuda", "cpu")] == [101, 100, 0]
+    _launch.call("launcher", 3, device=torch.device("cuda", 1))
+    assert switched == [1]
+    assert launched == [(1, 100), (2, 100), (3, 101)]  # the stream of the tensor's device, passed last
+    monkeypatch.setattr(_backend, "_C", types.SimpleNamespace(launcher=lambda *args: "invalid argument"))
+    with pytest.raises(RuntimeError, match="deepseek_ext kernel launcher failed: invalid argument"):
+        _launch.call("launcher", 1, device=torch.device("cuda", 0))
 
 
 # --- the benchmark's plumbing (its figures are not asserted) ----------------------------------

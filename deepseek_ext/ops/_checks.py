@@ -72,6 +72,13 @@ def check_aligned(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must start at a 16-byte aligned address")
 
 
+def check_aligned_all(**tensors: torch.Tensor | None) -> None:
+    """check_aligned for each named tensor that is not None."""
+    for name, t in tensors.items():
+        if t is not None:
+            check_aligned(t, name)
+
+
 def check_contiguous(t: torch.Tensor, name: str) -> None:
     """Contiguity check; skipped for empty tensors (nothing is read, whatever their strides)."""
     if not t.is_contiguous() and not is_empty(t):

@@ -106,7 +106,7 @@ def _dispatch_layout(topk_idx: torch.Tensor, num_experts: int, num_ranks: int, n
     outs = _layout_outputs(topk_idx, num_experts, num_ranks)
     idx = topk_idx.to(torch.int64).contiguous()
     _launch.call("ep_dispatch_layout", idx.data_ptr(), idx.shape[0], idx.shape[1], num_experts, num_ranks,
-                 *(o.data_ptr() for o in outs), error_word.data_ptr(), num_sms, _launch.stream_handle(idx), device=idx.device)
+                 *(o.data_ptr() for o in outs), error_word.data_ptr(), num_sms, device=idx.device)
     return outs
 
 
@@ -131,7 +131,7 @@ def dispatch_layout(topk_idx: torch.Tensor, num_experts: int, num_ranks: int, nu
 
 def launch_ep(name: str, params, device: torch.device) -> None:
     """Runs ep_notify / ep_dispatch / ep_combine with the parameters deepseek_ext.ep.ipc_backend prepares."""
-    _launch.call(name, params, _launch.stream_handle_of(device), device=device)
+    _launch.call(name, params, device=device)
 
 
 def check_y(y: torch.Tensor, rows: int, hidden: int) -> None:

@@ -13,9 +13,9 @@ import torch
 
 from deepseek_ext._backend import uses_kernels
 from deepseek_ext.ops import _gemm_kernels
-from deepseek_ext.ops._checks import (ALIGN_BYTES, check_aligned, check_contiguous, check_multiple,
-                                      check_same_device, check_shape, check_tensor)
-from deepseek_ext.ops._eager import EagerOp
+from deepseek_ext.ops._checks import (check_aligned_all, check_contiguous, check_multiple, check_same_device,
+                                      check_shape, check_tensor)
+from deepseek_ext.ops._eager import EagerOp, optional_tensor_key, tensor_key, value_key
 from deepseek_ext.reference import gemm as ref
 from deepseek_ext.reference.gemm import M_ALIGNMENT
 from deepseek_ext.reference.quant import FP8_DTYPE, GROUP, SCALE_ROW_ALIGN, ceil_div
@@ -84,12 +84,6 @@ def _optional(**tensors: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t for name, t in tensors.items() if t is not None}
 
 
-def _check_operand_addresses(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor) -> None:
-    if (a.data_ptr() | sa.data_ptr() | b.data_ptr() | sb.data_ptr()) % ALIGN_BYTES:  # one test when all aligned
-        for t, name in ((a, "a"), (sa, "sa"), (b, "b"), (sb, "sb")):
-            check_aligned(t, name)
-
-
 def _may_sync() -> bool:
     """Whether index-range checks on device tensors may sync: not while torch.compile traces
     (the decision is baked into the graph) and, in the op, not during CUDA-graph capture."""
@@ -134,16 +128,20 @@ def _check_fp8_gemm_nt(a, sa, b, sb, out_dtype, c) -> None:
     check_same_device("a", a, sa=sa, b=b, sb=sb, **_optional(c=c))
 
 
+def _reference_fp8_gemm_nt(a, sa, b, sb, out_dtype, c) -> torch.Tensor:
+    check_aligned_all(a=a, sa=sa, b=b, sb=sb, c=c)
+    return ref.fp8_gemm_nt(a, sa, b, sb, out_dtype, c)
+
+
+def _plan_fp8_gemm_nt(a, sa, b, sb, out_dtype, c):
+    if uses_kernels(a) and a.numel() and b.numel():
+        return _gemm_kernels.plan_fp8_gemm_nt(a, sa, b, sb, out_dtype, c)
+    return _reference_fp8_gemm_nt
+
+
 def _fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                  out_dtype: torch.dtype, c: Optional[torch.Tensor]) -> torch.Tensor:
-    _check_operand_addresses(a, sa, b, sb)
-    if c is not None:
-        check_aligned(c, "c")
-    if not uses_kernels(a) or a.numel() == 0 or b.numel() == 0:
-        return ref.fp8_gemm_nt(a, sa, b, sb, out_dtype, c)
-    out = torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
-    _gemm_kernels.fp8_gemm_nt(a, sa, b, sb, out, c)
-    return out
+    return _plan_fp8_gemm_nt(a, sa, b, sb, out_dtype, c)(a, sa, b, sb, out_dtype, c)
 
 
 @torch.library.custom_op("deepseek_ext::fp8_gemm_nt", _fp8_gemm_nt, mutates_args=()).register_fake
@@ -151,7 +149,11 @@ def _(a, sa, b, sb, out_dtype, c):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
-_FP8_GEMM_NT = EagerOp(_check_fp8_gemm_nt, _fp8_gemm_nt, torch.ops.deepseek_ext.fp8_gemm_nt)
+_FP8_GEMM_NT = EagerOp(
+    _check_fp8_gemm_nt,
+    lambda a, sa, b, sb, out_dtype, c: (tensor_key(a), tensor_key(sa), tensor_key(b), tensor_key(sb), out_dtype,
+                                        optional_tensor_key(c)),
+    _plan_fp8_gemm_nt, torch.ops.deepseek_ext.fp8_gemm_nt)
 
 
 def fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
@@ -205,16 +207,27 @@ def _check_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype, may_sync: bo
     check_same_device("a", a, sa=sa, b=b, sb=sb, m_indices=m_indices)
 
 
+def _reference_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype) -> torch.Tensor:
+    check_aligned_all(a=a, sa=sa, b=b, sb=sb, m_indices=m_indices)
+    return ref.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out_dtype)
+
+
+def _plan_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype, may_sync):
+    launch = (_gemm_kernels.plan_m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out_dtype)
+              if uses_kernels(a) and a.numel() and b.numel() else _reference_m_grouped_contiguous)
+    last_group = b.shape[0] - 1
+
+    def run(a, sa, b, sb, m_indices, out_dtype, may_sync):
+        _check_index_range(m_indices, "m_indices", -1, last_group, may_sync)
+        _check_block_groups(m_indices, may_sync)
+        return launch(a, sa, b, sb, m_indices, out_dtype)
+    return run
+
+
 def _m_grouped_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                           m_indices: torch.Tensor, out_dtype: torch.dtype, may_sync: bool) -> torch.Tensor:
-    _check_operand_addresses(a, sa, b, sb)
-    check_aligned(m_indices, "m_indices")
-    _check_index_range(m_indices, "m_indices", -1, b.shape[0] - 1, may_sync)
-    _check_block_groups(m_indices, may_sync)
-    if not uses_kernels(a) or a.numel() == 0 or b.numel() == 0:
-        return ref.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out_dtype)
-    out = torch.empty((a.shape[0], b.shape[1]), dtype=out_dtype, device=a.device)
-    return _gemm_kernels.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out)
+    return _plan_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype, may_sync)(
+        a, sa, b, sb, m_indices, out_dtype, may_sync)
 
 
 @torch.library.custom_op("deepseek_ext::m_grouped_fp8_gemm_nt_contiguous", _m_grouped_contiguous,
@@ -223,7 +236,11 @@ def _(a, sa, b, sb, m_indices, out_dtype, may_sync):
     return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
 
 
-_M_GROUPED_CONTIGUOUS = EagerOp(_check_m_grouped_contiguous, _m_grouped_contiguous,
+_M_GROUPED_CONTIGUOUS = EagerOp(_check_m_grouped_contiguous,
+                                lambda a, sa, b, sb, m_indices, out_dtype, may_sync: (
+                                    tensor_key(a), tensor_key(sa), tensor_key(b), tensor_key(sb),
+                                    tensor_key(m_indices), out_dtype, may_sync),
+                                _plan_m_grouped_contiguous,
                                 torch.ops.deepseek_ext.m_grouped_fp8_gemm_nt_contiguous)
 
 
@@ -256,16 +273,27 @@ def _check_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype, may_s
     check_same_device("a", a, sa=sa, b=b, sb=sb, masked_m=masked_m)
 
 
+def _reference_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype) -> torch.Tensor:
+    check_aligned_all(a=a, sa=sa, b=b, sb=sb, masked_m=masked_m)
+    return ref.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out_dtype)
+
+
+def _plan_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync):
+    launch = (_gemm_kernels.plan_m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out_dtype)
+              if uses_kernels(a) and a.numel() and b.numel() else _reference_m_grouped_masked)
+    m_max = a.shape[1]
+
+    def run(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync):
+        _check_index_range(masked_m, "masked_m", 0, m_max, may_sync)
+        return launch(a, sa, b, sb, masked_m, expected_m, out_dtype)
+    return run
+
+
 def _m_grouped_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                       masked_m: torch.Tensor, expected_m: int, out_dtype: torch.dtype,
                       may_sync: bool) -> torch.Tensor:
-    _check_operand_addresses(a, sa, b, sb)
-    check_aligned(masked_m, "masked_m")
-    _check_index_range(masked_m, "masked_m", 0, a.shape[1], may_sync)
-    if not uses_kernels(a) or a.numel() == 0 or b.numel() == 0:
-        return ref.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out_dtype)
-    out = torch.empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype, device=a.device)
-    return _gemm_kernels.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out)
+    return _plan_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync)(
+        a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync)
 
 
 @torch.library.custom_op("deepseek_ext::m_grouped_fp8_gemm_nt_masked", _m_grouped_masked,
@@ -274,7 +302,11 @@ def _(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync):
     return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=out_dtype)
 
 
-_M_GROUPED_MASKED = EagerOp(_check_m_grouped_masked, _m_grouped_masked,
+_M_GROUPED_MASKED = EagerOp(_check_m_grouped_masked,
+                            lambda a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync: (
+                                tensor_key(a), tensor_key(sa), tensor_key(b), tensor_key(sb), tensor_key(masked_m),
+                                value_key(expected_m), out_dtype, may_sync),
+                            _plan_m_grouped_masked,
                             torch.ops.deepseek_ext.m_grouped_fp8_gemm_nt_masked)
 
 
@@ -319,16 +351,20 @@ def _check_k_grouped(a, sa, b, sb, group_sizes, c) -> None:
     check_same_device("a", a, sa=sa, b=b, sb=sb, **_optional(c=c))
 
 
+def _reference_k_grouped(a, sa, b, sb, group_sizes, c) -> torch.Tensor:
+    check_aligned_all(a=a, sa=sa, b=b, sb=sb, c=c)
+    return ref.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, group_sizes, c)
+
+
+def _plan_k_grouped(a, sa, b, sb, group_sizes, c):
+    if uses_kernels(a) and a.numel() and b.numel() and group_sizes:
+        return _gemm_kernels.plan_k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, ref.group_offsets(group_sizes), c)
+    return _reference_k_grouped
+
+
 def _k_grouped_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                           group_sizes: list[int], c: Optional[torch.Tensor]) -> torch.Tensor:
-    _check_operand_addresses(a, sa, b, sb)
-    if c is not None:
-        check_aligned(c, "c")
-    if not uses_kernels(a) or a.numel() == 0 or b.numel() == 0 or not group_sizes:
-        return ref.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, group_sizes, c)
-    offsets = torch.tensor(ref.group_offsets(group_sizes), dtype=torch.int32).to(a.device, non_blocking=True)
-    out = torch.empty((len(group_sizes), a.shape[0], b.shape[0]), dtype=torch.float32, device=a.device)
-    return _gemm_kernels.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, offsets, out, c)
+    return _plan_k_grouped(a, sa, b, sb, group_sizes, c)(a, sa, b, sb, group_sizes, c)
 
 
 @torch.library.custom_op("deepseek_ext::k_grouped_fp8_gemm_tn_contiguous", _k_grouped_contiguous,
@@ -337,7 +373,11 @@ def _(a, sa, b, sb, group_sizes, c):
     return a.new_empty((len(group_sizes), a.shape[0], b.shape[0]), dtype=torch.float32)
 
 
-_K_GROUPED = EagerOp(_check_k_grouped, _k_grouped_contiguous, torch.ops.deepseek_ext.k_grouped_fp8_gemm_tn_contiguous)
+_K_GROUPED = EagerOp(
+    _check_k_grouped,
+    lambda a, sa, b, sb, group_sizes, c: (tensor_key(a), tensor_key(sa), tensor_key(b), tensor_key(sb),
+                                          value_key(group_sizes), optional_tensor_key(c)),
+    _plan_k_grouped, torch.ops.deepseek_ext.k_grouped_fp8_gemm_tn_contiguous)
 
 
 def k_grouped_fp8_gemm_tn_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,

@@ -11,9 +11,9 @@ import torch
 
 from deepseek_ext._backend import kernel_module, uses_kernels
 from deepseek_ext.ops import _launch
-from deepseek_ext.ops._checks import (INT32_MAX, check_aligned, check_contiguous, check_multiple,
+from deepseek_ext.ops._checks import (ALIGN_BYTES, INT32_MAX, check_aligned, check_contiguous, check_multiple,
                                       check_same_device, check_shape, check_size_bound, check_tensor)
-from deepseek_ext.ops._eager import EagerOp
+from deepseek_ext.ops._eager import EagerOp, optional_tensor_key, tensor_key, value_key
 from deepseek_ext.ops.gemm import _check_index_range, _check_m_major_scales, _may_sync
 from deepseek_ext.reference import permute as ref
 from deepseek_ext.reference.quant import FP8_DTYPE, GROUP, ceil_div, empty_m_major_scales
@@ -68,13 +68,12 @@ def _permute_kernels(x, x_scales, topk_idx, num_experts: int, alignment: int):
     num_tokens, topk = topk_idx.shape
     pairs = topk_idx.numel()
     idx = topk_idx.long().contiguous()
-    stream = _launch.stream_handle(x)
     counts = torch.zeros(num_experts + 1, dtype=torch.int32, device=x.device)
     chunks = ceil_div(pairs, kernel_module(x.device).PERMUTE_CHUNK_PAIRS)
     chunk_counts = torch.empty(chunks * num_experts, dtype=torch.int32, device=x.device)  # the kernels' scratch
     inverse_map = torch.empty((num_tokens, topk), dtype=torch.int32, device=x.device)
     _launch.call("count_experts", idx.data_ptr(), pairs, num_experts, counts.data_ptr(), chunk_counts.data_ptr(),
-                 inverse_map.data_ptr(), stream, device=x.device)
+                 inverse_map.data_ptr(), device=x.device)
     per_expert = counts.tolist()  # the one sync: the output size depends on the routing
     if per_expert[-1]:
         _raise_bad_experts(topk_idx, num_experts)
@@ -84,12 +83,12 @@ def _permute_kernels(x, x_scales, topk_idx, num_experts: int, alignment: int):
     out, out_scales, m_indices = _row_outputs(x, rows, scale_cols)
     row_token = torch.empty(rows, dtype=torch.int32, device=x.device)
     _launch.call("grouped_layout", idx.data_ptr(), pairs, topk, counts.data_ptr(), chunk_counts.data_ptr(),
-                 num_experts, alignment, row_token.data_ptr(), m_indices.data_ptr(), inverse_map.data_ptr(), stream,
+                 num_experts, alignment, row_token.data_ptr(), m_indices.data_ptr(), inverse_map.data_ptr(),
                  device=x.device)
     _launch.call("permute_rows", x.data_ptr(), x.shape[1] * x.element_size(),
                  0 if x_scales is None else x_scales.data_ptr(), 0 if x_scales is None else x_scales.stride(1),
                  scale_cols, row_token.data_ptr(), rows, out.data_ptr(), out_scales.data_ptr(),
-                 out_scales.stride(1), stream, device=x.device)
+                 out_scales.stride(1), device=x.device)
     return out, out_scales, m_indices, inverse_map
 
 
@@ -146,7 +145,16 @@ def _dispatch_permute(x, x_scales, topk_idx, num_experts, alignment):
     return torch.ops.deepseek_ext.permute_to_grouped(x, x_scales, topk_idx, num_experts, alignment)
 
 
-_PERMUTE = EagerOp(_check_permute, _permute, _dispatch_permute)
+def _plan_permute(x, x_scales, topk_idx, num_experts, alignment):
+    """The rows depend on the routing's values, not the signature: the run is the implementation."""
+    return _permute
+
+
+_PERMUTE = EagerOp(_check_permute,
+                   lambda x, x_scales, topk_idx, num_experts, alignment: (
+                       tensor_key(x), optional_tensor_key(x_scales), tensor_key(topk_idx), value_key(num_experts),
+                       value_key(alignment)),
+                   _plan_permute, _dispatch_permute)
 
 
 def permute_to_grouped(x: torch.Tensor, x_scales: torch.Tensor | None, topk_idx: torch.Tensor, num_experts: int,
@@ -180,17 +188,36 @@ def _check_unpermute(y, inverse_map, topk_weights, may_sync: bool) -> None:
     check_same_device("y", y, inverse_map=inverse_map, topk_weights=topk_weights)
 
 
+def _reference_unpermute(y, inverse_map, topk_weights) -> torch.Tensor:
+    check_aligned(y, "y")
+    return ref.unpermute_from_grouped(y, inverse_map, topk_weights)
+
+
+def _plan_unpermute(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: torch.Tensor, may_sync: bool):
+    last_row = y.shape[0] - 1
+    if uses_kernels(y):
+        (tokens, topk), hidden, y_code, device = inverse_map.shape, y.shape[1], _launch.DTYPE_CODE[y.dtype], y.device
+        launch = _launch.launcher("unpermute", device)
+
+        def combine(y, inverse_map, topk_weights):
+            py = y.data_ptr()
+            if py % ALIGN_BYTES:
+                check_aligned(y, "y")
+            out = torch.empty_strided((tokens, hidden), (hidden, 1), dtype=torch.bfloat16, device=device)
+            launch(py, y_code, inverse_map.data_ptr(), topk_weights.data_ptr(), tokens, topk, hidden, out.data_ptr())
+            return out
+    else:
+        combine = _reference_unpermute
+
+    def run(y, inverse_map, topk_weights, may_sync):
+        _check_index_range(inverse_map, "inverse_map", -1, last_row, may_sync)
+        return combine(y, inverse_map, topk_weights)
+    return run
+
+
 def _unpermute(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: torch.Tensor,
                may_sync: bool) -> torch.Tensor:
-    check_aligned(y, "y")
-    _check_index_range(inverse_map, "inverse_map", -1, y.shape[0] - 1, may_sync)
-    if not uses_kernels(y):
-        return ref.unpermute_from_grouped(y, inverse_map, topk_weights)
-    out = torch.empty((inverse_map.shape[0], y.shape[1]), dtype=torch.bfloat16, device=y.device)
-    _launch.call("unpermute", y.data_ptr(), _launch.DTYPE_CODE[y.dtype], inverse_map.data_ptr(),
-                 topk_weights.data_ptr(), inverse_map.shape[0], inverse_map.shape[1], y.shape[1], out.data_ptr(),
-                 _launch.stream_handle(y), device=y.device)
-    return out
+    return _plan_unpermute(y, inverse_map, topk_weights, may_sync)(y, inverse_map, topk_weights, may_sync)
 
 
 @torch.library.custom_op("deepseek_ext::unpermute_from_grouped", _unpermute, mutates_args=()).register_fake
@@ -198,7 +225,10 @@ def _(y, inverse_map, topk_weights, may_sync):
     return y.new_empty((inverse_map.shape[0], y.shape[1]), dtype=torch.bfloat16)
 
 
-_UNPERMUTE = EagerOp(_check_unpermute, _unpermute, torch.ops.deepseek_ext.unpermute_from_grouped)
+_UNPERMUTE = EagerOp(_check_unpermute,
+                     lambda y, inverse_map, topk_weights, may_sync: (
+                         tensor_key(y), tensor_key(inverse_map), tensor_key(topk_weights), may_sync),
+                     _plan_unpermute, torch.ops.deepseek_ext.unpermute_from_grouped)
 
 
 def unpermute_from_grouped(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,9 @@ import torch
 
 from deepseek_ext._backend import uses_kernels
 from deepseek_ext.ops import _launch
-from deepseek_ext.ops._checks import (check_aligned, check_bool, check_contiguous, check_multiple, check_same_device,
-                                      check_shape, check_tensor, row_stride)
-from deepseek_ext.ops._eager import EagerOp
+from deepseek_ext.ops._checks import (ALIGN_BYTES, check_aligned, check_bool, check_contiguous, check_multiple,
+                                      check_same_device, check_shape, check_tensor, row_stride)
+from deepseek_ext.ops._eager import EagerOp, tensor_key, value_key
 from deepseek_ext.reference import quant as ref
 from deepseek_ext.reference.quant import GROUP, FP8_DTYPE, ceil_div, empty_m_major_scales
 
@@ -33,6 +33,23 @@ def _rows(t: torch.Tensor) -> int:
     return t.numel() // t.shape[-1] if t.shape[-1] else 0
 
 
+def _cast_signature(x, pow2_scale) -> tuple:
+    return tensor_key(x), value_key(pow2_scale)
+
+
+def _reference(fn, name: str):
+    """The reference run of an op: its first argument's start address checked as the kernels' plans check it."""
+    def run(t, *args):
+        check_aligned(t, name)
+        return fn(t, *args)
+    return run
+
+
+def _layouts(outputs) -> tuple:
+    """(shape, strides, dtype) of each output an op's outputs function makes (called on meta tensors)."""
+    return tuple((tuple(o.shape), o.stride(), o.dtype) for o in outputs)
+
+
 def _per_token_outputs(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty((*x.shape[:-1], k), dtype=FP8_DTYPE, device=x.device)
     s = empty_m_major_scales(tuple(x.shape[:-2]), x.shape[-2], ceil_div(k, GROUP), x.device)
@@ -46,16 +63,32 @@ def _check_per_token(x, pow2_scale) -> None:
     check_bool(pow2_scale, "pow2_scale")
 
 
-def _per_token_cast_to_fp8(x: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    check_aligned(x, "x")
+def _plan_per_token(x: torch.Tensor, pow2_scale: bool):
     if not uses_kernels(x):
-        return ref.per_token_cast_to_fp8(x, pow2_scale)
-    k = x.shape[-1]
-    q, s = _per_token_outputs(x, k)
-    _launch.call("per_token_cast_to_fp8", x.data_ptr(), _launch.DTYPE_CODE[x.dtype], _row_ld(x),
-                 q.data_ptr(), s.data_ptr(), _rows(x), k, x.shape[-2], s.stride(-1), pow2_scale,
-                 _launch.stream_handle(x), device=x.device)
-    return q, s
+        return _reference(ref.per_token_cast_to_fp8, "x")
+    return _plan_row_cast("per_token_cast_to_fp8", x, x.shape[-1], _rows(x))
+
+
+def _plan_row_cast(name: str, x: torch.Tensor, k: int, rows: int):
+    """run(x, pow2_scale) -> (q, s) of launcher `name` (the 1x128 casts: per token, swiglu) for rows
+    rows of k outputs."""
+    (q_shape, q_strides, q_dtype), (s_shape, s_strides, s_dtype) = _layouts(_per_token_outputs(x.to("meta"), k))
+    x_code, ld, rows_per_batch, device = _launch.DTYPE_CODE[x.dtype], _row_ld(x), x.shape[-2], x.device
+    launch = _launch.launcher(name, device)
+
+    def run(x, pow2_scale):
+        px = x.data_ptr()
+        if px % ALIGN_BYTES:
+            check_aligned(x, "x")
+        q = torch.empty_strided(q_shape, q_strides, dtype=q_dtype, device=device)
+        s = torch.empty_strided(s_shape, s_strides, dtype=s_dtype, device=device)
+        launch(px, x_code, ld, q.data_ptr(), s.data_ptr(), rows, k, rows_per_batch, s_strides[-1], pow2_scale)
+        return q, s
+    return run
+
+
+def _per_token_cast_to_fp8(x: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _plan_per_token(x, pow2_scale)(x, pow2_scale)
 
 
 @torch.library.custom_op("deepseek_ext::per_token_cast_to_fp8", _per_token_cast_to_fp8,
@@ -64,7 +97,7 @@ def _(x, pow2_scale):
     return _per_token_outputs(x, x.shape[-1])
 
 
-_PER_TOKEN = EagerOp(_check_per_token, _per_token_cast_to_fp8, torch.ops.deepseek_ext.per_token_cast_to_fp8)
+_PER_TOKEN = EagerOp(_check_per_token, _cast_signature, _plan_per_token, torch.ops.deepseek_ext.per_token_cast_to_fp8)
 
 
 def per_token_cast_to_fp8(x: torch.Tensor, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,16 +117,14 @@ def _check_swiglu(gate_up, pow2_scale) -> None:
     check_multiple(gate_up.shape[-1], 2 * _K_MULTIPLE, "gate_up.shape[-1] (2 x intermediate size)")
 
 
-def _swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    check_aligned(gate_up, "gate_up")
+def _plan_swiglu(gate_up: torch.Tensor, pow2_scale: bool):
     if not uses_kernels(gate_up):
-        return ref.swiglu_cast_to_fp8(gate_up, pow2_scale)
-    inter = gate_up.shape[-1] // 2
-    q, s = _per_token_outputs(gate_up, inter)
-    _launch.call("swiglu_cast_to_fp8", gate_up.data_ptr(), _launch.DTYPE_CODE[gate_up.dtype],
-                 _row_ld(gate_up), q.data_ptr(), s.data_ptr(), _rows(q), inter,
-                 gate_up.shape[-2], s.stride(-1), pow2_scale, _launch.stream_handle(gate_up), device=gate_up.device)
-    return q, s
+        return _reference(ref.swiglu_cast_to_fp8, "gate_up")
+    return _plan_row_cast("swiglu_cast_to_fp8", gate_up, gate_up.shape[-1] // 2, _rows(gate_up))
+
+
+def _swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _plan_swiglu(gate_up, pow2_scale)(gate_up, pow2_scale)
 
 
 @torch.library.custom_op("deepseek_ext::swiglu_cast_to_fp8", _swiglu_cast_to_fp8, mutates_args=()).register_fake
@@ -101,7 +132,7 @@ def _(gate_up, pow2_scale):
     return _per_token_outputs(gate_up, gate_up.shape[-1] // 2)
 
 
-_SWIGLU = EagerOp(_check_swiglu, _swiglu_cast_to_fp8, torch.ops.deepseek_ext.swiglu_cast_to_fp8)
+_SWIGLU = EagerOp(_check_swiglu, _cast_signature, _plan_swiglu, torch.ops.deepseek_ext.swiglu_cast_to_fp8)
 
 
 def swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,15 +156,26 @@ def _check_per_block(w, pow2_scale) -> None:
     check_bool(pow2_scale, "pow2_scale")
 
 
-def _per_block_cast_to_fp8(w: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    check_aligned(w, "w")
+def _plan_per_block(w: torch.Tensor, pow2_scale: bool):
     if not uses_kernels(w):
-        return ref.per_block_cast_to_fp8(w, pow2_scale)
-    q, s = _per_block_outputs(w)
-    _launch.call("per_block_cast_to_fp8", w.data_ptr(), _launch.DTYPE_CODE[w.dtype], _row_ld(w),
-                 q.data_ptr(), s.data_ptr(), _rows(w), w.shape[-2], w.shape[-1], pow2_scale,
-                 _launch.stream_handle(w), device=w.device)
-    return q, s
+        return _reference(ref.per_block_cast_to_fp8, "w")
+    (q_shape, q_strides, q_dtype), (s_shape, s_strides, s_dtype) = _layouts(_per_block_outputs(w.to("meta")))
+    w_code, ld, rows, (n, k), device = _launch.DTYPE_CODE[w.dtype], _row_ld(w), _rows(w), w.shape[-2:], w.device
+    launch = _launch.launcher("per_block_cast_to_fp8", device)
+
+    def run(w, pow2_scale):
+        pw = w.data_ptr()
+        if pw % ALIGN_BYTES:
+            check_aligned(w, "w")
+        q = torch.empty_strided(q_shape, q_strides, dtype=q_dtype, device=device)
+        s = torch.empty_strided(s_shape, s_strides, dtype=s_dtype, device=device)
+        launch(pw, w_code, ld, q.data_ptr(), s.data_ptr(), rows, n, k, pow2_scale)
+        return q, s
+    return run
+
+
+def _per_block_cast_to_fp8(w: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _plan_per_block(w, pow2_scale)(w, pow2_scale)
 
 
 @torch.library.custom_op("deepseek_ext::per_block_cast_to_fp8", _per_block_cast_to_fp8,
@@ -142,7 +184,7 @@ def _(w, pow2_scale):
     return _per_block_outputs(w)
 
 
-_PER_BLOCK = EagerOp(_check_per_block, _per_block_cast_to_fp8, torch.ops.deepseek_ext.per_block_cast_to_fp8)
+_PER_BLOCK = EagerOp(_check_per_block, _cast_signature, _plan_per_block, torch.ops.deepseek_ext.per_block_cast_to_fp8)
 
 
 def per_block_cast_to_fp8(w: torch.Tensor, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,17 +211,32 @@ def _check_with_transpose(x, pow2_scale) -> None:
     check_multiple(x.shape[0], _K_MULTIPLE, "x.shape[0] (M: rows of the transposed copy)")
 
 
+def _plan_with_transpose(x: torch.Tensor, pow2_scale: bool):
+    if not uses_kernels(x):
+        return _reference(ref.per_token_cast_to_fp8_with_transpose, "x")
+    layouts = _layouts(_with_transpose_outputs(x.to("meta")))
+    (q_shape, q_strides, q_dtype), (s_shape, s_strides, s_dtype) = layouts[:2]
+    (qt_shape, qt_strides, qt_dtype), (st_shape, st_strides, st_dtype) = layouts[2:]
+    x_code, ld, (m, k), device = _launch.DTYPE_CODE[x.dtype], _row_ld(x), x.shape, x.device
+    launch = _launch.launcher("cast_with_transpose", device)
+
+    def run(x, pow2_scale):
+        px = x.data_ptr()
+        if px % ALIGN_BYTES:
+            check_aligned(x, "x")
+        q = torch.empty_strided(q_shape, q_strides, dtype=q_dtype, device=device)
+        s = torch.empty_strided(s_shape, s_strides, dtype=s_dtype, device=device)
+        qt = torch.empty_strided(qt_shape, qt_strides, dtype=qt_dtype, device=device)
+        st = torch.empty_strided(st_shape, st_strides, dtype=st_dtype, device=device)
+        launch(px, x_code, ld, q.data_ptr(), s.data_ptr(), qt.data_ptr(), st.data_ptr(), m, k, s_strides[-1],
+               st_strides[-1], pow2_scale)
+        return q, s, qt, st
+    return run
+
+
 def _per_token_cast_to_fp8_with_transpose(
         x: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    check_aligned(x, "x")
-    if not uses_kernels(x):
-        return ref.per_token_cast_to_fp8_with_transpose(x, pow2_scale)
-    q, s, qt, st = _with_transpose_outputs(x)
-    m, k = x.shape
-    _launch.call("cast_with_transpose", x.data_ptr(), _launch.DTYPE_CODE[x.dtype], _row_ld(x),
-                 q.data_ptr(), s.data_ptr(), qt.data_ptr(), st.data_ptr(), m, k, s.stride(-1),
-                 st.stride(-1), pow2_scale, _launch.stream_handle(x), device=x.device)
-    return q, s, qt, st
+    return _plan_with_transpose(x, pow2_scale)(x, pow2_scale)
 
 
 @torch.library.custom_op("deepseek_ext::per_token_cast_to_fp8_with_transpose", _per_token_cast_to_fp8_with_transpose,
@@ -188,7 +245,7 @@ def _(x, pow2_scale):
     return _with_transpose_outputs(x)
 
 
-_WITH_TRANSPOSE = EagerOp(_check_with_transpose, _per_token_cast_to_fp8_with_transpose,
+_WITH_TRANSPOSE = EagerOp(_check_with_transpose, _cast_signature, _plan_with_transpose,
                           torch.ops.deepseek_ext.per_token_cast_to_fp8_with_transpose)
 
 
@@ -218,16 +275,28 @@ def _check_transpose_block(q, s) -> None:
     check_same_device("q", q, s=s)
 
 
-def _transpose_block_fp8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    check_aligned(q, "q")
+def _plan_transpose_block(q: torch.Tensor, s: torch.Tensor):
     if not uses_kernels(q):
-        return ref.transpose_block_fp8(q, s)
-    qt, st = _transposed_outputs(q, s)
-    n, k = q.shape[-2:]
+        return _reference(ref.transpose_block_fp8, "q")
+    (qt_shape, qt_strides, qt_dtype), (st_shape, st_strides, st_dtype) = _layouts(
+        _transposed_outputs(q.to("meta"), s.to("meta")))
+    (n, k), device = q.shape[-2:], q.device
     batch = q.numel() // (n * k) if n * k else 0
-    _launch.call("transpose_block_fp8", q.data_ptr(), s.data_ptr(), qt.data_ptr(), st.data_ptr(),
-                 batch, n, k, _launch.stream_handle(q), device=q.device)
-    return qt, st
+    launch = _launch.launcher("transpose_block_fp8", device)
+
+    def run(q, s):
+        pq = q.data_ptr()
+        if pq % ALIGN_BYTES:
+            check_aligned(q, "q")
+        qt = torch.empty_strided(qt_shape, qt_strides, dtype=qt_dtype, device=device)
+        st = torch.empty_strided(st_shape, st_strides, dtype=st_dtype, device=device)
+        launch(pq, s.data_ptr(), qt.data_ptr(), st.data_ptr(), batch, n, k)
+        return qt, st
+    return run
+
+
+def _transpose_block_fp8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _plan_transpose_block(q, s)(q, s)
 
 
 @torch.library.custom_op("deepseek_ext::transpose_block_fp8", _transpose_block_fp8, mutates_args=()).register_fake
@@ -235,7 +304,8 @@ def _(q, s):
     return _transposed_outputs(q, s)
 
 
-_TRANSPOSE_BLOCK = EagerOp(_check_transpose_block, _transpose_block_fp8, torch.ops.deepseek_ext.transpose_block_fp8)
+_TRANSPOSE_BLOCK = EagerOp(_check_transpose_block, lambda q, s: (tensor_key(q), tensor_key(s)), _plan_transpose_block,
+                           torch.ops.deepseek_ext.transpose_block_fp8)
 
 
 def transpose_block_fp8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,15 +354,30 @@ def _check_dequantize(q, s, block, out_dtype) -> None:
     _scale_batch_stride(s)
 
 
-def _dequantize(q: torch.Tensor, s: torch.Tensor, block_rows: int, out_dtype: torch.dtype) -> torch.Tensor:
-    check_aligned(q, "q")
+def _plan_dequantize(q: torch.Tensor, s: torch.Tensor, block_rows: int, out_dtype: torch.dtype):
+    """run(q, s, block, out_dtype) -> q * s for this signature's block_rows (the third argument, a
+    block or block_rows, is fixed by the signature and not read again)."""
     if not uses_kernels(q):
-        return ref.dequantize(q, s, (block_rows, GROUP), out_dtype)
-    out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
-    _launch.call("dequantize", q.data_ptr(), s.data_ptr(), out.data_ptr(), _launch.DTYPE_CODE[out_dtype],
-                 _rows(q), q.shape[-1], q.shape[-2], block_rows, _scale_batch_stride(s), s.stride(-2),
-                 s.stride(-1), _launch.stream_handle(q), device=q.device)
-    return out
+        reference = _reference(ref.dequantize, "q")
+        return lambda q, s, _, out_dtype: reference(q, s, (block_rows, GROUP), out_dtype)
+    out_shape, device = tuple(q.shape), q.device
+    out_strides = torch.empty(out_shape, device="meta").stride()
+    out_code, rows, (m, k) = _launch.DTYPE_CODE[out_dtype], _rows(q), q.shape[-2:]
+    scale_strides = (_scale_batch_stride(s), s.stride(-2), s.stride(-1))
+    launch = _launch.launcher("dequantize", device)
+
+    def run(q, s, _, out_dtype):
+        pq = q.data_ptr()
+        if pq % ALIGN_BYTES:
+            check_aligned(q, "q")
+        out = torch.empty_strided(out_shape, out_strides, dtype=out_dtype, device=device)
+        launch(pq, s.data_ptr(), out.data_ptr(), out_code, rows, k, m, block_rows, *scale_strides)
+        return out
+    return run
+
+
+def _dequantize(q: torch.Tensor, s: torch.Tensor, block_rows: int, out_dtype: torch.dtype) -> torch.Tensor:
+    return _plan_dequantize(q, s, block_rows, out_dtype)(q, s, block_rows, out_dtype)
 
 
 @torch.library.custom_op("deepseek_ext::dequantize", _dequantize, mutates_args=()).register_fake
@@ -300,12 +385,14 @@ def _(q, s, block_rows, out_dtype):
     return torch.empty(q.shape, dtype=out_dtype, device=q.device)
 
 
-def _with_block_rows(run):
-    """run(q, s, block_rows, out_dtype) called with dequantize's arguments (q, s, block, out_dtype)."""
-    return lambda q, s, block, out_dtype: run(q, s, _block(q, s, block)[0], out_dtype)
+def _with_block_rows(fn):
+    """fn(q, s, block_rows, out_dtype) called with dequantize's arguments (q, s, block, out_dtype)."""
+    return lambda q, s, block, out_dtype: fn(q, s, _block(q, s, block)[0], out_dtype)
 
 
-_DEQUANTIZE = EagerOp(_check_dequantize, _with_block_rows(_dequantize),
+_DEQUANTIZE = EagerOp(_check_dequantize,
+                      lambda q, s, block, out_dtype: (tensor_key(q), tensor_key(s), value_key(block), out_dtype),
+                      _with_block_rows(_plan_dequantize),
                       _with_block_rows(torch.ops.deepseek_ext.dequantize))
 
 
