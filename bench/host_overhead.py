@@ -1,23 +1,27 @@
 """Host time of one eager call of every dx.gemm and dx.quant op (and the permute glue), with the
-kernel launch stubbed out: what the host spends around a launch (validation, dispatch, output
-allocation, arguments) that a small GPU kernel would otherwise wait on. Runs on any machine.
+kernel launch stubbed out: what the host spends around a launch (finding the call's plan, address
+checks, output allocation, arguments) that a small GPU kernel would otherwise wait on. Runs on
+any machine.
 
 How it is measured: DEEPSEEK_EXT_BACKEND=emulate sends CPU tensors down the kernel path, and the
 launcher module serving them (deepseek_ext._backend._emu, or _C's names where the emulator was not
 built) is swapped for a namespace whose launchers are Python no-ops returning success, so no kernel
 work runs. Everything up to the launcher call is real: the public function, validation, the
-backend choice, output allocation, pointer and stride marshalling, and the value checks of index
-tensors (m_indices, masked_m, inverse_map), which the CPU does by reading them: O(rows) work, so
-those ops are timed a third time with the reads skipped, to show their share. Other inputs are
-allocated and never read. A figure is the calling thread's CPU time (time.thread_time) per call,
+backend choice, output allocation, pointer and stride marshalling, and the host's value checks of
+index tensors where an op still makes them (unpermute_from_grouped's inverse_map; the grouped
+GEMM kernels check m_indices and masked_m themselves), which the CPU does by reading them: O(rows)
+work, so that op is timed a third time with the reads skipped, to show their share. Other inputs
+are allocated and never read. A figure is the calling thread's CPU time (time.thread_time) per call,
 the best of many batches of 100 calls after a warm-up: what the host spends, less disturbed than
 wall time by other processes on a shared machine. `torch.empty` of a 128x1024 tensor is timed as the yardstick.
 
 Both routes of an op are timed in the same run: the eager route (the default: each argument
-signature validated once, the implementation called directly) and the torch.library route (every
-call validated and dispatched: the route torch.compile traces, and the one every eager call took
-before; deepseek_ext.ops._eager.enabled = False). Not seen here: on a GPU the launch itself adds
-the driver's time, and the index-value checks synchronize the stream (outside CUDA-graph capture).
+signature validated and planned once, then the plan run directly) and the torch.library route
+(every call validated, planned and dispatched: the route torch.compile traces, and the one every
+eager call took before; deepseek_ext.ops._eager.enabled = False). Not seen here: on a GPU the
+launch itself adds the driver's time (and the pybind11 call, stubbed here by a Python no-op, its
+argument conversion), and unpermute's index check synchronizes the stream (outside CUDA-graph
+capture).
 
     python bench/host_overhead.py [--quick] [--json PATH]
 """
@@ -42,7 +46,6 @@ import report  # noqa: E402
 import deepseek_ext as dx  # noqa: E402
 from deepseek_ext import _backend  # noqa: E402
 from deepseek_ext.ops import _eager  # noqa: E402
-from deepseek_ext.ops import gemm as ops_gemm  # noqa: E402
 from deepseek_ext.ops import permute as ops_permute  # noqa: E402
 from deepseek_ext.reference.quant import FP8_DTYPE, GROUP, ceil_div, empty_m_major_scales  # noqa: E402
 
@@ -145,9 +148,9 @@ def cases() -> dict[str, Case]:
     return {
         "fp8_gemm_nt": Case(f"{t}x{i}x{h}", lambda: gemm.fp8_gemm_nt(a, sa, b, sb)),
         "m_grouped_fp8_gemm_nt_contiguous": Case(f"{g}x{t}x{i}x{h}", lambda: gemm.m_grouped_fp8_gemm_nt_contiguous(
-            grouped_a, grouped_sa, grouped_b, grouped_sb, m_indices), reads_indices=True),
+            grouped_a, grouped_sa, grouped_b, grouped_sb, m_indices)),
         "m_grouped_fp8_gemm_nt_masked": Case(f"{g}x{t}x{i}x{h}", lambda: gemm.m_grouped_fp8_gemm_nt_masked(
-            masked_a, masked_sa, grouped_b, grouped_sb, masked_m, t // 2), reads_indices=True),
+            masked_a, masked_sa, grouped_b, grouped_sb, masked_m, t // 2)),
         "k_grouped_fp8_gemm_tn_contiguous": Case(f"{g}x{w}x{w}x{t}", lambda: gemm.k_grouped_fp8_gemm_tn_contiguous(
             dy_t, dy_st, x_t, x_st, [t] * g)),
         "per_token_cast_to_fp8": Case(f"{t}x{h}", lambda: quant.per_token_cast_to_fp8(x)),
@@ -165,7 +168,7 @@ def cases() -> dict[str, Case]:
 @contextlib.contextmanager
 def index_reads_skipped() -> Iterator[None]:
     """The ops' value checks of index tensors replaced by no-ops (to show what they cost)."""
-    patched = [(ops_gemm, "_check_index_range"), (ops_gemm, "_check_block_groups"), (ops_permute, "_check_index_range")]
+    patched = [(ops_permute, "_check_index_range")]
     saved = [getattr(module, name) for module, name in patched]
     for module, name in patched:
         setattr(module, name, lambda *args, **kwargs: None)
@@ -199,9 +202,9 @@ def format_table(rows: list[dict], yardstick_us: float) -> str:
     for r in rows:
         by_case.setdefault((r["op"], r["shape"]), {})[r["impl"]] = r["ms"] * 1e3
     lines = [f"Host time per eager call, kernel launch stubbed: thread CPU us (torch.empty 128x1024 here: "
-             f"{yardstick_us:.2f} us). index reads: the CPU reading m_indices / masked_m / inverse_map for their "
-             f"value checks, O(rows) work (on a GPU outside graph capture those checks sync the stream instead); "
-             f"<= {TARGET_US:g} us is judged without them.",
+             f"{yardstick_us:.2f} us). index reads: the CPU reading inverse_map for its value check, O(rows) "
+             f"work (on a GPU outside graph capture that check syncs the stream instead); <= {TARGET_US:g} us is "
+             f"judged without them.",
              "| op | shape | eager route | of which index reads | torch.library route | speedup | "
              f"<= {TARGET_US:g} us |", "|---|---|---|---|---|---|---|"]
     for (op, shape), us in by_case.items():

@@ -34,6 +34,7 @@ EP_LOOPBACK = ("tests/test_ep_gpu.py", "-k", "emulate and loopback")
 CAST_TRANSPOSE = ("tests/test_quant_gpu.py", "-k", "emulate and cast_with_transpose")
 PER_BLOCK = ("tests/test_quant_gpu.py", "-k", "emulate and per_block")
 DEQUANTIZE = ("tests/test_quant_gpu.py", "-k", "emulate and dequantize")
+BAD_INDEX = ("tests/test_grouped_gemm_gpu.py", "-k", "emulate and bad_index")
 
 MUTATIONS = (
     Mutation("wrong SBO", "gemm/smem_desc.cuh", "(static_cast<uint64_t>(kSwizzleAtomBytes >> 4) << 32)",
@@ -83,6 +84,14 @@ MUTATIONS = (
              "j * kSpanGroups + lane / (32 / kSpanGroups)", "j * kSpanGroups", DEQUANTIZE),
     Mutation("dequantize stores past the row", "quant/dequantize.cuh",
              "    if (cols_left > j * Shape::kSpan) store16(", "    store16(", DEQUANTIZE),
+    Mutation("m_indices values not range-checked", "gemm/scheduler.cuh",
+             "    if (group >= -1 && group < b_groups) return group;", "    return group;", BAD_INDEX),
+    Mutation("a second group inside a 128-row block not flagged", "gemm/scheduler.cuh",
+             "    if (group != -1 && group != first && first >= -1 && first < b_groups) {", "    if (false) {",
+             BAD_INDEX),
+    Mutation("masked_m values not range-checked", "gemm/scheduler.cuh",
+             "    if (rows >= 0 && rows <= m) return rows;", "    return rows < 0 ? 0 : rows > m ? m : rows;",
+             BAD_INDEX),
 )
 
 

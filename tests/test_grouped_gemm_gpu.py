@@ -5,6 +5,11 @@ pre-filled with NaN where the kernel wrapper is called directly, so every elemen
 writes must be written (padding rows as exact zeros) and masked-out rows must stay untouched."""
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -264,3 +269,65 @@ def test_grouped_launchers_reject_bad_arguments(kernel_device):
         _launch.call("k_grouped_fp8_gemm_tn_contiguous", a.data_ptr(), sa.data_ptr(), sa.stride(-1), a.data_ptr(),
                      sa.data_ptr(), sa.stride(-1), m_indices.data_ptr(), out.data_ptr(), 0, 1, 256, 256, 208,
                      None, dx.get_num_sms(), device=a.device)  # T = 208: not whole 128-wide K blocks
+
+
+# --- index values checked where the kernels read them ------------------------------------------
+
+def _bad_index_calls(device: str, block_m: int):
+    """(call, the message its launch fails with) for bad m_indices and masked_m values."""
+    from deepseek_ext.ops._gemm_kernels import GemmConfig, forced_config
+    # Rows 0..99 group 0, 128..257 group 1, then padding; block 384..511 all padding.
+    good = _contiguous_layout([100, 130], padding_blocks_after=(1,), device=device)
+    a, sa = dx.quant.per_token_cast_to_fp8(_random(good.numel(), 256, device=device))
+    b, sb = _weights(3, 48, 256, device)
+    rows = torch.arange(good.numel(), device=device)
+    contiguous = [
+        (torch.where(rows == 130, 3, good), r"m_indices\[130\] = 3 is outside \[-1, 2\]"),
+        (torch.where(rows == 128, 7, good), r"m_indices\[128\] = 7 is outside \[-1, 2\]"),  # a block's first row
+        (torch.where(rows == 0, -2, good), r"m_indices\[0\] = -2 is outside \[-1, 2\]"),
+        (torch.where(rows == 120, 1, good),  # a second group inside block 0's padding
+         r"m_indices\[120\] = 1, but its 128-row block starts at row 0 with 0"),
+        (torch.where(rows == 400, 2, good),  # a group after the padding that starts block 3
+         r"m_indices\[400\] = 2, but its 128-row block starts at row 384 with -1"),
+    ]
+    masked_a, masked_sa = dx.quant.per_token_cast_to_fp8(_random(3, 128, 256, device=device))
+    masked = [([5, 129, 0], r"masked_m\[1\] = 129 is outside \[0, 128\]"),
+              ([5, 0, -1], r"masked_m\[2\] = -1 is outside \[0, 128\]")]
+
+    def forced(call):
+        def run():
+            with forced_config(GemmConfig(block_m, 48)):
+                return call()
+        return run
+
+    calls = [(forced(lambda m=m: dx.gemm.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m.int())), message)
+             for m, message in contiguous]
+    calls += [(forced(lambda m=m: dx.gemm.m_grouped_fp8_gemm_nt_masked(
+        masked_a, masked_sa, b, sb, torch.tensor(m, dtype=torch.int32, device=device), 64)), message)
+        for m, message in masked]
+    good_call = forced(lambda: dx.gemm.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, good))
+    return calls, good_call
+
+
+@pytest.mark.parametrize("block_m", [64, 128])
+def test_kernels_fail_on_bad_index_values_naming_the_row(kernel_device, block_m):
+    """The host reads no index values on the kernel path: the kernels check each where they read
+    it and the launch fails naming it (emulated here; a GPU trap ends the CUDA context, so the GPU
+    form runs each call in a process of its own)."""
+    if kernel_device == "cuda":
+        for i in range(7):
+            script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
+                      f"import test_grouped_gemm_gpu as t; calls, _ = t._bad_index_calls('cuda', {block_m}); "
+                      f"calls[{i}][0](); torch.cuda.synchronize()")
+            result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+            assert result.returncode != 0
+            assert re.search(_bad_index_calls("cpu", block_m)[0][i][1], result.stdout + result.stderr), result.stderr
+        return
+    calls, good_call = _bad_index_calls("cpu", block_m)
+    for call, message in calls:
+        with pytest.raises(RuntimeError, match=r"m_grouped_fp8_gemm_nt_\w+ failed: .*" + message):
+            call()
+    expected = good_call()  # the emulator runs on after failed launches
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEEPSEEK_EXT_BACKEND", "reference")
+        assert calc_diff(expected, good_call()) < 1e-5

@@ -1,10 +1,11 @@
 """dx.gemm ops: validation (every error names the argument), opcheck, torch.compile, kernel hook."""
-import types
+import ctypes
 
 import pytest
 import torch
 
 import deepseek_ext as dx
+from deepseek_ext.ops import _eager, _launch
 from deepseek_ext.ops import gemm as ops_gemm
 from deepseek_ext.reference import gemm as ref
 from deepseek_ext.reference import quant as ref_quant
@@ -307,23 +308,19 @@ def test_compile_fullgraph_matches_eager():
 # --- the kernel hook -------------------------------------------------------------------------
 
 def test_kernel_branch_allocates_output_and_passes_c(monkeypatch):
-    """With kernels available the op hands (a, sa, b, sb, out, c) to _gemm_kernels.fp8_gemm_nt,
-    out a fresh [M, N] tensor of out_dtype that the kernel fills."""
-    seen = {}
-
-    def fake_kernel(a, sa, b, sb, out, c):
-        seen.update(out=out, c=c)
-        out.copy_(ref.fp8_gemm_nt(a, sa, b, sb, out.dtype, c))
-
-    fake_module = types.SimpleNamespace(fp8_gemm_nt=fake_kernel)
+    """With kernels available the op runs the kernel plan of _gemm_kernels, which launches into a
+    fresh [M, N] out of out_dtype with c's address."""
+    launched = []
+    monkeypatch.setattr(_eager, "enabled", False)  # every call planned anew: no plan of another test's
     monkeypatch.setattr(ops_gemm, "uses_kernels", lambda t: True)
-    monkeypatch.setattr(ops_gemm, "_gemm_kernels", fake_module)
+    monkeypatch.setattr(_launch, "launcher", lambda name, device: lambda *args: launched.append((name, args)))
     a, sa, b, sb = dense_args()
     c = torch.randn(7, 144)
     out = dx.gemm.fp8_gemm_nt(a, sa, b, sb, torch.float32, c=c)
-    assert seen["out"] is out and seen["c"] is c
-    assert out.shape == (7, 144) and out.dtype == torch.float32
-    assert torch.equal(out, ref.fp8_gemm_nt(a, sa, b, sb, torch.float32, c))
+    (name, args), = launched
+    assert name == "fp8_gemm_nt" and out.shape == (7, 144) and out.dtype == torch.float32
+    assert (args[0], args[2], args[4], args[6]) == tuple(t.data_ptr() for t in (a, sa, b, sb))
+    assert (args[9], args[10], args[11], args[12:15]) == (out.data_ptr(), 1, c.data_ptr(), (7, 144, 272))
 
 
 @pytest.mark.gpu
@@ -339,46 +336,41 @@ def test_fp8_gemm_nt_on_gpu_matches_reference(m, n, k, b_scaling, out_dtype, wit
     assert dx.gemm.calc_diff(out.cpu(), expected) < 1e-5
 
 
-def test_grouped_kernel_branches_allocate_outputs_and_pass_device_metadata(monkeypatch):
-    """With kernels available each grouped op hands its inputs and a fresh output to
-    _gemm_kernels; k-grouped gets the group offsets as an int32 tensor on a's device."""
-    seen = {}
+def test_grouped_kernel_branches_launch_with_fresh_outputs(monkeypatch):
+    """With kernels available each grouped op launches its kernel into a fresh output with its index
+    tensor's address (read by the kernel, not the host); k-grouped passes the group offsets as
+    int32 in memory on a's device."""
+    launched = {}
 
-    def contiguous(a, sa, b, sb, m_indices, out):
-        seen["contiguous"] = (m_indices, out)
-        return out.copy_(ref.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out.dtype))
+    def launcher(name, device):
+        def launch(*args):
+            launched[name] = args
+            if name == "k_grouped_fp8_gemm_tn_contiguous":  # the offsets live as long as the call
+                launched["k_offsets"] = list((ctypes.c_int32 * 5).from_address(args[6]))
+        return launch
 
-    def masked(a, sa, b, sb, masked_m, expected_m, out):
-        seen["masked"] = (masked_m, expected_m, out)
-        return out.copy_(ref.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out.dtype))
-
-    def k_grouped(a, sa, b, sb, offsets, out, c):
-        seen["k_grouped"] = (offsets, out, c)
-        sizes = (offsets[1:] - offsets[:-1]).tolist()
-        return out.copy_(ref.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, sizes, c))
-
-    fake_module = types.SimpleNamespace(m_grouped_fp8_gemm_nt_contiguous=contiguous,
-                                        m_grouped_fp8_gemm_nt_masked=masked, k_grouped_fp8_gemm_tn_contiguous=k_grouped)
+    monkeypatch.setattr(_eager, "enabled", False)  # every call planned anew: no plan of another test's
     monkeypatch.setattr(ops_gemm, "uses_kernels", lambda t: True)
-    monkeypatch.setattr(ops_gemm, "_gemm_kernels", fake_module)
+    monkeypatch.setattr(_launch, "launcher", launcher)
 
     a, sa, b, sb, m_indices = contiguous_args()
-    out = dx.gemm.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, torch.float32)
-    assert seen["contiguous"][0] is m_indices and seen["contiguous"][1] is out
+    out = dx.gemm.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices.roll(1), torch.float32)  # bad: unread
+    args = launched["m_grouped_fp8_gemm_nt_contiguous"]
     assert out.shape == (256, 144) and out.dtype == torch.float32
+    assert (args[6], args[8:12]) == (out.data_ptr(), (256, 144, 272, 3))
 
     a, sa, b, sb, masked_m = masked_args()
-    out = dx.gemm.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, 16)
-    assert seen["masked"][0] is masked_m and seen["masked"][1] == 16 and seen["masked"][2] is out
+    out = dx.gemm.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m + 100, 16)  # bad: unread
+    args = launched["m_grouped_fp8_gemm_nt_masked"]
     assert out.shape == (3, 40, 48) and out.dtype == torch.bfloat16
+    assert (args[6], args[8:13]) == (out.data_ptr(), (3, 40, 48, 208, 16))
 
     a, sa, b, sb, sizes = k_grouped_args()
     c = torch.randn(4, 48, 80)
     out = dx.gemm.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, sizes, c)
-    offsets, seen_out, seen_c = seen["k_grouped"]
-    assert offsets.dtype == torch.int32 and offsets.tolist() == [0, 128, 128, 384, 512]
-    assert seen_out is out and seen_c is c and out.shape == (4, 48, 80)
-    assert torch.equal(out, ref.k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, sizes, c))
+    args = launched["k_grouped_fp8_gemm_tn_contiguous"]
+    assert launched["k_offsets"] == [0, 128, 128, 384, 512]
+    assert (args[7], args[8], args[9:13]) == (out.data_ptr(), c.data_ptr(), (4, 48, 80, 512))
 
 
 def test_zero_stride_empty_a_gives_empty_output():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import deepseek_ext as dx
-from deepseek_ext.ops import _launch
+from deepseek_ext.ops import _eager, _launch
 from deepseek_ext.ops import quant as ops_quant
 from deepseek_ext.reference import quant as ref
 
@@ -456,8 +456,8 @@ def test_compile_fullgraph_matches_eager(name):
 def test_kernel_path_passes_what_the_bindings_declare(monkeypatch):
     calls = {}
     monkeypatch.setattr(ops_quant, "uses_kernels", lambda t: True)
-    monkeypatch.setattr(_launch, "call", lambda name, *args, device: calls.setdefault(name, args))
-    monkeypatch.setattr(_launch, "stream_handle", lambda t: 0)
+    monkeypatch.setattr(_eager, "enabled", False)  # every call planned anew: no plan of another test's
+    monkeypatch.setattr(_launch, "launcher", lambda name, device: lambda *args: calls.setdefault(name, args))
     x = torch.randn(2, 48, 272)
     dx.quant.per_token_cast_to_fp8(x)
     dx.quant.swiglu_cast_to_fp8(torch.randn(2, 48, 64))
@@ -471,7 +471,7 @@ def test_kernel_path_passes_what_the_bindings_declare(monkeypatch):
     for name, args in calls.items():
         params = re.search(r'"%s",\s*\[\]\(([^)]*)\)' % name, source).group(1).split(",")
         names = [p.split()[-1] for p in params]
-        assert len(names) == len(args), name
+        assert names[-1] == "stream" and len(names) == len(args) + 1, name  # the launcher adds the stream
         named[name] = dict(zip(names, args))
     assert len(named) == 6
     assert {k: named["per_token_cast_to_fp8"][k] for k in ("ld_x", "rows", "cols", "rows_per_batch", "padded_rows")} == \

@@ -78,6 +78,7 @@ void fence(Site site);
 uint64_t atomic_add_relaxed(void* p, uint64_t v, int bytes, Site site);
 uint64_t atomic_cas_relaxed(uint64_t* p, uint64_t expected, uint64_t desired, Site site);
 uint64_t globaltimer_ns();
+[[noreturn]] void trap(const char* message, Site site = DX_HERE);  // the launch fails with `message`
 
 // --- mbarrier, TMA and wgmma (the async units) --------------------------------------------
 void mbarrier_init(uint32_t bar, uint32_t count, Site site);

@@ -344,6 +344,8 @@ void fault(const std::string& message, Site site) {
   throw EmulationFault{text};
 }
 
+void trap(const char* message, Site site) { fault(message, site); }
+
 const uint3& thread_idx() { return current().thread; }
 const uint3& block_idx() { return current().block->index; }
 const dim3& block_dim() { return g_launch->block; }

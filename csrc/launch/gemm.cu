@@ -21,7 +21,6 @@ using gemm::kBlockK;
 
 constexpr int kGroupM = 8;       // M blocks per rasterization group (L2 reuse of B)
 constexpr int kDimMultiple = 16; // N, K: 16-byte e4m3 rows for TMA
-constexpr int kContiguousBlockRows = 128;  // m_indices name one group per 128-row block
 
 // Row-major tensor of `rank` (2 or 3) dims, dims[0] innermost, strides[i] (elements) of
 // dims[i + 1], read/written in boxes `box`; out-of-bounds elements read as zero and are not written.
@@ -186,7 +185,7 @@ cudaError_t launch_m_grouped_fp8_gemm_nt_contiguous(const void* a, const float* 
                                                     cudaStream_t stream) {
   if (m < 0 || n < 0 || k < 0 || groups < 0) return cudaErrorInvalidValue;
   if (m == 0 || n == 0) return cudaSuccess;
-  const bool bad = !positive_int32(m) || m % kContiguousBlockRows != 0 || !positive_int32(groups) ||
+  const bool bad = !positive_int32(m) || m % gemm::kContiguousBlockRows != 0 || !positive_int32(groups) ||
                    !positive_int32(groups * n) || ld_sa < m || ld_sa % kScaleRowAlign != 0 ||
                    m_indices == nullptr || bad_common(a, sa, b, sb, false, d, nullptr, n, k);
   if (bad) return cudaErrorInvalidValue;

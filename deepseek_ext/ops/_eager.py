@@ -12,8 +12,9 @@ the custom op raises on backward, as it should).
 A signature holds all that validation and planning read: each tensor's shape, strides, dtype,
 device and requires_grad, each other argument's type and value (None, bool, int, torch.dtype, flat
 lists/tuples of ints), the requested backend and the kernel modules in place. A call with any other
-argument type validates through the dispatcher route. What a signature does not hold is checked by
-the plan on every call, in either route: start-address alignment and the values of index tensors.
+argument type validates through the dispatcher route. What a signature does not hold is checked on
+every call, in either route: start-address alignment by the plan's run, and the values of index
+tensors by the kernels that read them (the grouped GEMMs) or by the host (the reference, unpermute).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from deepseek_ext import _backend
 
 _SCALARS = (type(None), bool, int, torch.dtype)  # hashable, compared by type and value
+_INT_ONLY = {int}
 _TENSOR, _PARAMETER = torch.Tensor, torch.nn.Parameter
 _MAX_SIGNATURES = 1024  # per op; the plans start over when full (shapes that change every call)
 _is_compiling = torch.compiler.is_compiling
@@ -57,7 +59,7 @@ def value_key(value) -> tuple:
     cls = type(value)
     if cls in _SCALARS:
         return cls, value
-    if (cls is list or cls is tuple) and all(type(v) is int for v in value):
+    if (cls is list or cls is tuple) and set(map(type, value)) <= _INT_ONLY:
         return cls, tuple(value)
     raise Unkeyable
 

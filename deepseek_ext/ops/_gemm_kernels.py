@@ -56,7 +56,7 @@ def chosen_config(kind: str, m: int, n: int, k: int, groups: int, out_dtype: tor
 
 def plan_fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                      out_dtype: torch.dtype, c: Optional[torch.Tensor]) -> Callable:
-    """run(a, sa, b, sb, out_dtype, c, out=None) -> out[M, N] = c + a @ b^T on the kernels. a [M, K],
+    """run(a, sa, b, sb, out_dtype, c, *, out=None) -> out[M, N] = c + a @ b^T on the kernels. a [M, K],
     b [N, K] contiguous e4m3; sa [M, Kb] M-major; sb [N, Kb] M-major (1x128) or [ceil(N/128), Kb]
     contiguous (128x128); out contiguous bf16/fp32; c None or contiguous fp32 [M, N]. M, N, K > 0."""
     (m, k), n = a.shape, b.shape[0]
@@ -66,7 +66,7 @@ def plan_fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: tor
     device, out_code = a.device, _launch.DTYPE_CODE[out_dtype]
     all_sms, launch = _backend.sm_count_of(device), _launch.launcher("fp8_gemm_nt", device)
 
-    def run(a, sa, b, sb, out_dtype, c, out=None):
+    def run(a, sa, b, sb, out_dtype, c, *, out=None):
         pa, psa, pb, psb, pc = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), 0 if c is None else c.data_ptr()
         if (pa | psa | pb | psb | pc) % ALIGN_BYTES:
             check_aligned_all(a=a, sa=sa, b=b, sb=sb, c=c)
@@ -80,14 +80,15 @@ def plan_fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: tor
 
 def plan_m_grouped_fp8_gemm_nt_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                                           m_indices: torch.Tensor, out_dtype: torch.dtype) -> Callable:
-    """run(a, sa, b, sb, m_indices, out_dtype, out=None) -> out[M, N] (every row written; padding rows
-    zero). a [M, K] contiguous e4m3, M a multiple of 128; sa [M, Kb] M-major; b [G, N, K] and sb
-    [G, ceil(N/128), Kb] contiguous; m_indices [M] int32 contiguous, one group per 128-row block."""
+    """run(a, sa, b, sb, m_indices, out_dtype, *, out=None) -> out[M, N] (every row written; padding
+    rows zero). a [M, K] contiguous e4m3, M a multiple of 128; sa [M, Kb] M-major; b [G, N, K] and sb
+    [G, ceil(N/128), Kb] contiguous; m_indices [M] int32 contiguous, one group per 128-row block: the
+    kernel checks its values where it reads them (the host reads none)."""
     (m, k), (groups, n) = a.shape, b.shape[:2]
     ld_sa, device, out_code = sa.stride(-1), a.device, _launch.DTYPE_CODE[out_dtype]
     all_sms, launch = _backend.sm_count_of(device), _launch.launcher("m_grouped_fp8_gemm_nt_contiguous", device)
 
-    def run(a, sa, b, sb, m_indices, out_dtype, out=None):
+    def run(a, sa, b, sb, m_indices, out_dtype, *, out=None):
         pa, psa, pb, psb, pm = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), m_indices.data_ptr()
         if (pa | psa | pb | psb | pm) % ALIGN_BYTES:
             check_aligned_all(a=a, sa=sa, b=b, sb=sb, m_indices=m_indices)
@@ -100,14 +101,15 @@ def plan_m_grouped_fp8_gemm_nt_contiguous(a: torch.Tensor, sa: torch.Tensor, b: 
 
 def plan_m_grouped_fp8_gemm_nt_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                                       masked_m: torch.Tensor, expected_m: int, out_dtype: torch.dtype) -> Callable:
-    """run(a, sa, b, sb, masked_m, expected_m, out_dtype, out=None) -> out[G, Mmax, N] (rows >=
-    masked_m[g] not written). a [G, Mmax, K] contiguous e4m3; sa [G, Mmax, Kb] M-major with groups
-    Kb columns apart; masked_m [G] int32 on the device, never read here. G, Mmax, N, K > 0."""
+    """run(a, sa, b, sb, masked_m, expected_m, out_dtype, *, out=None) -> out[G, Mmax, N]
+    (rows >= masked_m[g] not written). a [G, Mmax, K] contiguous e4m3; sa [G, Mmax, Kb] M-major with
+    groups Kb columns apart; masked_m [G] int32 on the device, whose values the kernel checks (the
+    host reads none). G, Mmax, N, K > 0."""
     (groups, m_max, k), n = a.shape, b.shape[1]
     ld_sa, device, out_code = sa.stride(-1), a.device, _launch.DTYPE_CODE[out_dtype]
     all_sms, launch = _backend.sm_count_of(device), _launch.launcher("m_grouped_fp8_gemm_nt_masked", device)
 
-    def run(a, sa, b, sb, masked_m, expected_m, out_dtype, out=None):
+    def run(a, sa, b, sb, masked_m, expected_m, out_dtype, *, out=None):
         pa, psa, pb, psb, pm = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), masked_m.data_ptr()
         if (pa | psa | pb | psb | pm) % ALIGN_BYTES:
             check_aligned_all(a=a, sa=sa, b=b, sb=sb, masked_m=masked_m)
@@ -121,25 +123,25 @@ def plan_m_grouped_fp8_gemm_nt_masked(a: torch.Tensor, sa: torch.Tensor, b: torc
 
 def plan_k_grouped_fp8_gemm_tn_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                                           k_offsets: list[int], c: Optional[torch.Tensor]) -> Callable:
-    """run(a, sa, b, sb, group_sizes, c, out=None) -> out[G, N, K] fp32 = c + per-group a[:, seg] @
+    """run(a, sa, b, sb, group_sizes, c, *, out=None) -> out[G, N, K] fp32 = c + per-group a[:, seg] @
     b[:, seg]^T, seg the groups' k_offsets [G+1] (multiples of 128, last = T). a [N, T], b [K, T]
     contiguous e4m3 with M-major sa [N, T/128], sb [K, T/128]. G, N, K, T > 0. The plan holds the
     offsets in host memory (pinned for a GPU) and each run copies them to the device, where the kernel
     reads them."""
     (n, t), k, groups = a.shape, b.shape[0], len(k_offsets) - 1
     ld_sa, ld_sb, device = sa.stride(-1), sb.stride(-1), a.device
-    offsets = torch.tensor(k_offsets, dtype=torch.int32)
-    if device.type == "cuda":
+    offsets, copied = torch.tensor(k_offsets, dtype=torch.int32), device.type != "cpu"
+    if copied:
         offsets = offsets.pin_memory()
     all_sms, launch = _backend.sm_count_of(device), _launch.launcher("k_grouped_fp8_gemm_tn_contiguous", device)
 
-    def run(a, sa, b, sb, group_sizes, c, out=None):
+    def run(a, sa, b, sb, group_sizes, c, *, out=None):
         pa, psa, pb, psb, pc = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), 0 if c is None else c.data_ptr()
         if (pa | psa | pb | psb | pc) % ALIGN_BYTES:
             check_aligned_all(a=a, sa=sa, b=b, sb=sb, c=c)
         if out is None:
             out = torch.empty_strided((groups, n, k), (n * k, k, 1), dtype=torch.float32, device=device)
-        on_device = offsets.to(device, non_blocking=True)
+        on_device = offsets.to(device, non_blocking=True) if copied else offsets  # alive until the launch
         launch(pa, psa, ld_sa, pb, psb, ld_sb, on_device.data_ptr(), out.data_ptr(), pc, groups, n, k, t, _forced,
                _backend._num_sms or all_sms)
         return out
@@ -148,21 +150,21 @@ def plan_k_grouped_fp8_gemm_tn_contiguous(a: torch.Tensor, sa: torch.Tensor, b: 
 
 def fp8_gemm_nt(a, sa, b, sb, out: torch.Tensor, c) -> torch.Tensor:
     """One launch into a given out (tests fill it with a sentinel first)."""
-    return plan_fp8_gemm_nt(a, sa, b, sb, out.dtype, c)(a, sa, b, sb, out.dtype, c, out)
+    return plan_fp8_gemm_nt(a, sa, b, sb, out.dtype, c)(a, sa, b, sb, out.dtype, c, out=out)
 
 
 def m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out: torch.Tensor) -> torch.Tensor:
     """One launch into a given out."""
     return plan_m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out.dtype)(a, sa, b, sb, m_indices,
-                                                                                        out.dtype, out)
+                                                                                        out.dtype, out=out)
 
 
 def m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m: int, out: torch.Tensor) -> torch.Tensor:
     """One launch into a given out."""
     return plan_m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out.dtype)(
-        a, sa, b, sb, masked_m, expected_m, out.dtype, out)
+        a, sa, b, sb, masked_m, expected_m, out.dtype, out=out)
 
 
 def k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, k_offsets: list[int], out: torch.Tensor, c) -> torch.Tensor:
     """One launch into a given out."""
-    return plan_k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, k_offsets, c)(a, sa, b, sb, None, c, out)
+    return plan_k_grouped_fp8_gemm_tn_contiguous(a, sa, b, sb, k_offsets, c)(a, sa, b, sb, None, c, out=out)

@@ -6,6 +6,7 @@ kind of sb) M-major as dx.quant.per_token_cast_to_fp8 writes them; 128x128 scale
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Optional
 
@@ -86,7 +87,8 @@ def _optional(**tensors: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _may_sync() -> bool:
     """Whether index-range checks on device tensors may sync: not while torch.compile traces
-    (the decision is baked into the graph) and, in the op, not during CUDA-graph capture."""
+    (the decision is baked into the graph) and, in the op, not during CUDA-graph capture. The
+    eager route never traces: its reference runs may sync; the dispatcher route passes this."""
     return not torch.compiler.is_compiling()
 
 
@@ -196,7 +198,7 @@ def _check_block_groups(m_indices: torch.Tensor, may_sync: bool) -> None:
                          f"{sorted(set(blocks[block].tolist()))}")
 
 
-def _check_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype, may_sync: bool) -> None:
+def _check_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype) -> None:
     _check_fp8_operand(a, "a", dim=2)
     m, k = a.shape
     check_multiple(m, M_ALIGNMENT, "a.shape[0] (M_total)")
@@ -207,27 +209,22 @@ def _check_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype, may_sync: bo
     check_same_device("a", a, sa=sa, b=b, sb=sb, m_indices=m_indices)
 
 
-def _reference_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype) -> torch.Tensor:
+def _reference_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype, *, may_sync: bool) -> torch.Tensor:
     check_aligned_all(a=a, sa=sa, b=b, sb=sb, m_indices=m_indices)
+    _check_index_range(m_indices, "m_indices", -1, b.shape[0] - 1, may_sync)
+    _check_block_groups(m_indices, may_sync)
     return ref.m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out_dtype)
 
 
-def _plan_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype, may_sync):
-    launch = (_gemm_kernels.plan_m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out_dtype)
-              if uses_kernels(a) and a.numel() and b.numel() else _reference_m_grouped_contiguous)
-    last_group = b.shape[0] - 1
-
-    def run(a, sa, b, sb, m_indices, out_dtype, may_sync):
-        _check_index_range(m_indices, "m_indices", -1, last_group, may_sync)
-        _check_block_groups(m_indices, may_sync)
-        return launch(a, sa, b, sb, m_indices, out_dtype)
-    return run
+def _plan_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype, may_sync: bool = True):
+    if uses_kernels(a) and a.numel() and b.numel():  # the kernel checks m_indices' values as it reads them
+        return _gemm_kernels.plan_m_grouped_fp8_gemm_nt_contiguous(a, sa, b, sb, m_indices, out_dtype)
+    return functools.partial(_reference_m_grouped_contiguous, may_sync=may_sync)
 
 
 def _m_grouped_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                           m_indices: torch.Tensor, out_dtype: torch.dtype, may_sync: bool) -> torch.Tensor:
-    return _plan_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype, may_sync)(
-        a, sa, b, sb, m_indices, out_dtype, may_sync)
+    return _plan_m_grouped_contiguous(a, sa, b, sb, m_indices, out_dtype, may_sync)(a, sa, b, sb, m_indices, out_dtype)
 
 
 @torch.library.custom_op("deepseek_ext::m_grouped_fp8_gemm_nt_contiguous", _m_grouped_contiguous,
@@ -237,11 +234,11 @@ def _(a, sa, b, sb, m_indices, out_dtype, may_sync):
 
 
 _M_GROUPED_CONTIGUOUS = EagerOp(_check_m_grouped_contiguous,
-                                lambda a, sa, b, sb, m_indices, out_dtype, may_sync: (
+                                lambda a, sa, b, sb, m_indices, out_dtype: (
                                     tensor_key(a), tensor_key(sa), tensor_key(b), tensor_key(sb),
-                                    tensor_key(m_indices), out_dtype, may_sync),
+                                    tensor_key(m_indices), out_dtype),
                                 _plan_m_grouped_contiguous,
-                                torch.ops.deepseek_ext.m_grouped_fp8_gemm_nt_contiguous)
+                                lambda *args: torch.ops.deepseek_ext.m_grouped_fp8_gemm_nt_contiguous(*args, _may_sync()))
 
 
 def m_grouped_fp8_gemm_nt_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
@@ -255,11 +252,16 @@ def m_grouped_fp8_gemm_nt_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch
     each 128-row block holds one group's rows and then padding (as dx.gemm.permute_to_grouped and
     dx.ep dispatch with expert_alignment=128 produce). The kernel writes every output row itself
     (zeros for padding), so no pre-zeroing pass is needed.
+
+    Bad m_indices values raise: the reference checks them on the host; the kernel checks each
+    where it reads it, without a host sync, and fails the launch naming the row (under the
+    emulator a RuntimeError; on the GPU a device-side trap, which ends the CUDA context as a
+    PyTorch device-side assert does).
     """
-    return _M_GROUPED_CONTIGUOUS(a, sa, b, sb, m_indices, out_dtype, _may_sync())
+    return _M_GROUPED_CONTIGUOUS(a, sa, b, sb, m_indices, out_dtype)
 
 
-def _check_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync: bool) -> None:
+def _check_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype) -> None:
     _check_fp8_operand(a, "a", dim=3)
     g, m_max, k = a.shape
     _check_grouped_b(a, b, sb, groups=g)
@@ -273,27 +275,23 @@ def _check_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype, may_s
     check_same_device("a", a, sa=sa, b=b, sb=sb, masked_m=masked_m)
 
 
-def _reference_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype) -> torch.Tensor:
+def _reference_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype, *, may_sync: bool) -> torch.Tensor:
     check_aligned_all(a=a, sa=sa, b=b, sb=sb, masked_m=masked_m)
+    _check_index_range(masked_m, "masked_m", 0, a.shape[1], may_sync)
     return ref.m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out_dtype)
 
 
-def _plan_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync):
-    launch = (_gemm_kernels.plan_m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out_dtype)
-              if uses_kernels(a) and a.numel() and b.numel() else _reference_m_grouped_masked)
-    m_max = a.shape[1]
-
-    def run(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync):
-        _check_index_range(masked_m, "masked_m", 0, m_max, may_sync)
-        return launch(a, sa, b, sb, masked_m, expected_m, out_dtype)
-    return run
+def _plan_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync: bool = True):
+    if uses_kernels(a) and a.numel() and b.numel():  # the kernel checks masked_m's values as it reads them
+        return _gemm_kernels.plan_m_grouped_fp8_gemm_nt_masked(a, sa, b, sb, masked_m, expected_m, out_dtype)
+    return functools.partial(_reference_m_grouped_masked, may_sync=may_sync)
 
 
 def _m_grouped_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
                       masked_m: torch.Tensor, expected_m: int, out_dtype: torch.dtype,
                       may_sync: bool) -> torch.Tensor:
     return _plan_m_grouped_masked(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync)(
-        a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync)
+        a, sa, b, sb, masked_m, expected_m, out_dtype)
 
 
 @torch.library.custom_op("deepseek_ext::m_grouped_fp8_gemm_nt_masked", _m_grouped_masked,
@@ -303,11 +301,11 @@ def _(a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync):
 
 
 _M_GROUPED_MASKED = EagerOp(_check_m_grouped_masked,
-                            lambda a, sa, b, sb, masked_m, expected_m, out_dtype, may_sync: (
+                            lambda a, sa, b, sb, masked_m, expected_m, out_dtype: (
                                 tensor_key(a), tensor_key(sa), tensor_key(b), tensor_key(sb), tensor_key(masked_m),
-                                value_key(expected_m), out_dtype, may_sync),
+                                type(expected_m), expected_m, out_dtype),
                             _plan_m_grouped_masked,
-                            torch.ops.deepseek_ext.m_grouped_fp8_gemm_nt_masked)
+                            lambda *args: torch.ops.deepseek_ext.m_grouped_fp8_gemm_nt_masked(*args, _may_sync()))
 
 
 def m_grouped_fp8_gemm_nt_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
@@ -317,11 +315,13 @@ def m_grouped_fp8_gemm_nt_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Ten
     never written (DeepGEMM's contract), so read only the first masked_m[g] rows of each group.
 
     a [G, Mmax, K] e4m3 with sa [G, Mmax, ceil(K/128)] M-major; b [G, N, K] e4m3 with sb
-    [G, ceil(N/128), ceil(K/128)]; masked_m [G] int32 on a's device (the host never reads it on
-    the kernel path, so CUDA graphs can replay it); expected_m > 0 a hint for the tile choice.
-    The kernel visits only the ceil(masked_m[g] / BLOCK_M) row blocks of each group.
+    [G, ceil(N/128), ceil(K/128)]; masked_m [G] int32 in [0, Mmax] on a's device (the host never
+    reads it on the kernel path, so CUDA graphs can replay it: the kernel checks each value as it
+    reads it, failing the launch as m_grouped_fp8_gemm_nt_contiguous does for a bad m_indices);
+    expected_m > 0 a hint for the tile choice. The kernel visits only the ceil(masked_m[g] /
+    BLOCK_M) row blocks of each group.
     """
-    return _M_GROUPED_MASKED(a, sa, b, sb, masked_m, expected_m, out_dtype, _may_sync())
+    return _M_GROUPED_MASKED(a, sa, b, sb, masked_m, expected_m, out_dtype)
 
 
 # --- grouped along K -------------------------------------------------------------------------

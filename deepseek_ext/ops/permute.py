@@ -176,7 +176,7 @@ def permute_to_grouped(x: torch.Tensor, x_scales: torch.Tensor | None, topk_idx:
 
 # --- unpermute_from_grouped ------------------------------------------------------------------
 
-def _check_unpermute(y, inverse_map, topk_weights, may_sync: bool) -> None:
+def _check_unpermute(y, inverse_map, topk_weights) -> None:
     check_tensor(y, "y", _Y_DTYPES, dim=2)
     check_contiguous(y, "y")
     check_multiple(y.shape[1], 8, "y.shape[1] (H)")
@@ -193,7 +193,7 @@ def _reference_unpermute(y, inverse_map, topk_weights) -> torch.Tensor:
     return ref.unpermute_from_grouped(y, inverse_map, topk_weights)
 
 
-def _plan_unpermute(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: torch.Tensor, may_sync: bool):
+def _plan_unpermute(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: torch.Tensor, may_sync: bool = True):
     last_row = y.shape[0] - 1
     if uses_kernels(y):
         (tokens, topk), hidden, y_code, device = inverse_map.shape, y.shape[1], _launch.DTYPE_CODE[y.dtype], y.device
@@ -209,7 +209,7 @@ def _plan_unpermute(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: to
     else:
         combine = _reference_unpermute
 
-    def run(y, inverse_map, topk_weights, may_sync):
+    def run(y, inverse_map, topk_weights):
         _check_index_range(inverse_map, "inverse_map", -1, last_row, may_sync)
         return combine(y, inverse_map, topk_weights)
     return run
@@ -217,7 +217,7 @@ def _plan_unpermute(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: to
 
 def _unpermute(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: torch.Tensor,
                may_sync: bool) -> torch.Tensor:
-    return _plan_unpermute(y, inverse_map, topk_weights, may_sync)(y, inverse_map, topk_weights, may_sync)
+    return _plan_unpermute(y, inverse_map, topk_weights, may_sync)(y, inverse_map, topk_weights)
 
 
 @torch.library.custom_op("deepseek_ext::unpermute_from_grouped", _unpermute, mutates_args=()).register_fake
@@ -226,9 +226,10 @@ def _(y, inverse_map, topk_weights, may_sync):
 
 
 _UNPERMUTE = EagerOp(_check_unpermute,
-                     lambda y, inverse_map, topk_weights, may_sync: (
-                         tensor_key(y), tensor_key(inverse_map), tensor_key(topk_weights), may_sync),
-                     _plan_unpermute, torch.ops.deepseek_ext.unpermute_from_grouped)
+                     lambda y, inverse_map, topk_weights: (
+                         tensor_key(y), tensor_key(inverse_map), tensor_key(topk_weights)),
+                     _plan_unpermute,
+                     lambda *args: torch.ops.deepseek_ext.unpermute_from_grouped(*args, _may_sync()))
 
 
 def unpermute_from_grouped(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
@@ -237,4 +238,4 @@ def unpermute_from_grouped(y: torch.Tensor, inverse_map: torch.Tensor, topk_weig
     skipped, cast to bf16 once. y [rows, H] bf16/fp32 contiguous (H a multiple of 8);
     inverse_map [T, k] int32 from permute_to_grouped; topk_weights [T, k] fp32. Returns [T, H] bf16.
     """
-    return _UNPERMUTE(y, inverse_map, topk_weights, _may_sync())
+    return _UNPERMUTE(y, inverse_map, topk_weights)

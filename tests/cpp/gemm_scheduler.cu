@@ -290,8 +290,10 @@ static void check_schedule(const TileSchedule& s, int num_sms) {
 }
 
 static TileSchedule make_schedule(GemmKind kind, int m, int n, int k, int groups, int block_m, int block_n,
-                                  const std::vector<int>& info, Multicast multicast = Multicast::kNone) {
-  return TileSchedule{kind, m, n, k, groups, block_m, block_n, 8, multicast, info.empty() ? nullptr : info.data()};
+                                  const std::vector<int>& info, Multicast multicast = Multicast::kNone,
+                                  int b_groups = 0) {
+  return TileSchedule{kind, m, n, k, groups, block_m, block_n, 8, multicast, info.empty() ? nullptr : info.data(),
+                      b_groups};
 }
 
 // Random grouped layouts: group sizes including empty groups, groups of one row, one group
@@ -316,7 +318,7 @@ static void check_grouped_schedules() {
     if (m_indices.empty()) m_indices.assign(128, -1);
     for (int s : sms) {
       check_schedule(make_schedule(GemmKind::kMContiguous, static_cast<int>(m_indices.size()), n, k, 1, block_m,
-                                   block_n, m_indices), s);
+                                   block_n, m_indices, Multicast::kNone, groups), s);
     }
     // Masked.
     const int m_max = 1 + static_cast<int>(rng() % 600);

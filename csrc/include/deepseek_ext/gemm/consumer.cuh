@@ -14,6 +14,7 @@
 #include "deepseek_ext/ptx/cluster.cuh"
 #include "deepseek_ext/ptx/mbarrier.cuh"
 #include "deepseek_ext/ptx/tma.cuh"
+#include "deepseek_ext/ptx/trap.cuh"
 #include "deepseek_ext/ptx/warpgroup.cuh"
 #include "deepseek_ext/ptx/wgmma.cuh"
 
@@ -148,6 +149,7 @@ __device__ __forceinline__ void consume(const CUtensorMap& tmap_d, const GemmPar
   }
   // Shared memory must outlive the last TMA store's reads.
   if (wt == 0) ptx::bulk_wait_group<0>();
+  ptx::trap_on_index_fault();
 }
 
 }  // namespace dx::gemm

@@ -23,9 +23,10 @@ struct GemmGeometry {
   TileSchedule sched;               // tile shape, rasterization and multicast are set by with_config
 };
 
-inline TileSchedule schedule(GemmKind kind, int64_t m, int64_t n, int64_t k, int64_t groups, const int* group_info) {
+inline TileSchedule schedule(GemmKind kind, int64_t m, int64_t n, int64_t k, int64_t groups, const int* group_info,
+                             int64_t b_groups = 0) {
   return TileSchedule{kind, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), static_cast<int>(groups),
-                      0, 0, 0, Multicast::kNone, group_info};
+                      0, 0, 0, Multicast::kNone, group_info, static_cast<int>(b_groups)};
 }
 
 // D[M,N] = A @ B^T (fp8_gemm_nt).
@@ -40,7 +41,7 @@ inline GemmGeometry m_contiguous_geometry(int64_t m, int64_t n, int64_t k, int64
                                           const int* m_indices) {
   const int64_t k_blocks = ceil_div(k, kBlockK);
   return {m, k, m, k_blocks, ld_sa, groups * n, k, false, k_blocks, 1, m,
-          schedule(GemmKind::kMContiguous, m, n, k, 1, m_indices)};
+          schedule(GemmKind::kMContiguous, m, n, k, 1, m_indices, groups)};
 }
 
 // A [G,Mmax,K] contiguous (one map of G*Mmax rows), scales [G, Mmax, Kb] M-major with groups

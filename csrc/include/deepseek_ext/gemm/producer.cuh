@@ -11,6 +11,7 @@
 #include "deepseek_ext/gemm/pipeline.cuh"
 #include "deepseek_ext/ptx/mbarrier.cuh"
 #include "deepseek_ext/ptx/tma.cuh"
+#include "deepseek_ext/ptx/trap.cuh"
 
 namespace dx::gemm {
 
@@ -59,6 +60,7 @@ __device__ __forceinline__ void produce(const CUtensorMap& tmap_a, const CUtenso
       ring.advance();
     }
   }
+  ptx::trap_on_index_fault();
 }
 
 }  // namespace dx::gemm

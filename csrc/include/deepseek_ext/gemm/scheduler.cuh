@@ -8,6 +8,7 @@
 
 #include "deepseek_ext/common.cuh"
 #include "deepseek_ext/gemm/config.cuh"
+#include "deepseek_ext/ptx/trap.cuh"
 
 namespace dx::gemm {
 
@@ -43,6 +44,8 @@ enum class GemmKind : int {
   kKGrouped = 3,     // groups along K: output g contracts over K blocks [offsets[g], offsets[g+1]) / 128
 };
 
+constexpr int kContiguousBlockRows = 128;  // kMContiguous: m_indices name one group per 128-row block
+
 // What one tile computes. Rows of the output are group-local (the output is [out_groups, m, n]).
 struct TileWork {
   int group;         // group of B and its scales (-1: a contiguous padding block, all zeros)
@@ -65,9 +68,12 @@ struct TileCursor {
 };
 
 // The tile schedule of every GemmKind. group_info is read on the device (and by host tests):
-// kMContiguous: m_indices [m] (group of each row, -1 on padding); kMMasked: masked_m [groups];
-// kKGrouped: K offsets [groups + 1] (multiples of 128, offsets[groups] == k). m is the rows of
-// one output group (kMMasked: Mmax), k the contraction length (kKGrouped: the total).
+// kMContiguous: m_indices [m] (group of each row in [0, b_groups), -1 on padding; one group per
+// 128-row block, its rows first); kMMasked: masked_m [groups] (each in [0, m]); kKGrouped: K
+// offsets [groups + 1] (multiples of 128, offsets[groups] == k, made by the host). m is the rows
+// of one output group (kMMasked: Mmax), k the contraction length (kKGrouped: the total). The
+// m_indices and masked_m values are checked where they are read: a bad one fails the launch
+// (ptx/trap.cuh; the kernel's roles end with ptx::trap_on_index_fault()).
 struct TileSchedule {
   GemmKind kind;
   int m, n, k;
@@ -76,6 +82,7 @@ struct TileSchedule {
   int group_m;          // rasterization: M blocks per L2 group (>= 1)
   Multicast multicast;  // kDense only: tiles 2p, 2p+1 share A (differ in N) or B (differ in M)
   const int* group_info;
+  int b_groups;         // kMContiguous: groups of B
 
   DX_HOST_DEVICE int m_blocks() const { return static_cast<int>(ceil_div(m, block_m)); }
   DX_HOST_DEVICE int n_blocks() const { return static_cast<int>(ceil_div(n, block_n)); }
@@ -83,10 +90,25 @@ struct TileSchedule {
   // Every tile of every kind but kMMasked, whose walk (next) visits only the M blocks holding rows.
   DX_HOST_DEVICE int tiles() const { return groups * m_blocks() * n_blocks(); }
 
-  // M blocks of masked group g that hold rows (masked_m beyond Mmax counts as Mmax).
-  DX_HOST_DEVICE int masked_m_blocks(int g) const {
-    const int rows = group_info[g] < m ? group_info[g] : m;
-    return rows > 0 ? static_cast<int>(ceil_div(rows, block_m)) : 0;
+  // Rows of masked group g: masked_m[g] (a bad one is recorded, and clamped so that nothing is
+  // read or written out of bounds before the launch fails).
+  DX_HOST_DEVICE int masked_rows(int g) const {
+    const int rows = group_info[g];
+    if (rows >= 0 && rows <= m) return rows;
+    ptx::record_index_fault(ptx::IndexFault::kRange, "masked_m", g, rows, 0, m);
+    return rows < 0 ? 0 : m;
+  }
+
+  // M blocks of masked group g that hold rows.
+  DX_HOST_DEVICE int masked_m_blocks(int g) const { return static_cast<int>(ceil_div(masked_rows(g), block_m)); }
+
+  // The group of contiguous row `row`: m_indices[row] (a bad one is recorded, and read as
+  // padding so that nothing is read out of bounds before the launch fails).
+  DX_HOST_DEVICE int contiguous_group(int row) const {
+    const int group = group_info[row];
+    if (group >= -1 && group < b_groups) return group;
+    ptx::record_index_fault(ptx::IndexFault::kRange, "m_indices", row, group, -1, b_groups - 1);
+    return -1;
   }
 
   // Tile t of this CTA's walk (t ascending between calls with one cursor): false past the last.
@@ -142,12 +164,12 @@ struct TileSchedule {
     w.rows = block_m;
     const int n_scale_blocks = static_cast<int>(ceil_div(n, kQuantGroup));
     if (kind == GemmKind::kMContiguous) {
-      w.group = group_info[w.m0];  // the block's first row names its group (padding follows rows)
+      w.group = contiguous_group(w.m0);  // the tile's first row names its group (padding follows rows)
       if (w.group < 0) w.kb_end = 0;
     } else if (kind == GemmKind::kMMasked) {
       w.a_row = g * m + w.m0;
       w.sa_row = g * k_blocks();
-      const int rows = (group_info[g] < m ? group_info[g] : m) - w.m0;
+      const int rows = masked_rows(g) - w.m0;
       w.rows = rows < block_m ? rows : block_m;
     } else if (kind == GemmKind::kKGrouped) {
       w.kb_begin = group_info[g] / kBlockK;
@@ -162,10 +184,17 @@ struct TileSchedule {
   }
 
   // Whether row r (0 <= r < block_m) of tile w holds a product; other rows are stored as zeros
-  // (kMContiguous) or not at all (kMMasked).
+  // (kMContiguous) or not at all (kMMasked). A contiguous row's group is checked: in range, and -1
+  // or its 128-row block's group (a block whose first row is out of range is that row's fault).
   DX_HOST_DEVICE bool row_computed(const TileWork& w, int r) const {
     if (r >= w.rows) return false;
-    return kind != GemmKind::kMContiguous || group_info[w.m0 + r] == w.group;
+    if (kind != GemmKind::kMContiguous) return true;
+    const int row = w.m0 + r, group = contiguous_group(row);
+    const int block_row = row / kContiguousBlockRows * kContiguousBlockRows, first = group_info[block_row];
+    if (group != -1 && group != first && first >= -1 && first < b_groups) {
+      ptx::record_index_fault(ptx::IndexFault::kMixedBlock, "m_indices", row, group, block_row, first);
+    }
+    return group == w.group;
   }
 };
 
