@@ -50,6 +50,16 @@ def tensor_key(t) -> tuple:
     return t.shape, t.stride(), t.dtype, t.device, t.requires_grad
 
 
+def contiguous_tensor_key(t) -> tuple:
+    """tensor_key of a tensor the op requires contiguous (validation rejects any other, but an empty
+    one, which is never read): its shape stands for its strides, as contiguous strides differ only
+    where a dim is 1, which no address depends on."""
+    cls = type(t)
+    if cls is not _TENSOR and cls is not _PARAMETER:
+        raise Unkeyable
+    return t.shape, t.is_contiguous(), t.dtype, t.device, t.requires_grad
+
+
 def optional_tensor_key(t) -> tuple | None:
     return None if t is None else tensor_key(t)
 

@@ -65,13 +65,14 @@ def plan_fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: tor
     ld_sa, ld_sb = sa.stride(-1), (sb.stride(-1) if sb_per_row else sb.shape[1])
     device, out_code = a.device, _launch.DTYPE_CODE[out_dtype]
     all_sms, launch = _backend.sm_count_of(device), _launch.launcher("fp8_gemm_nt", device)
+    alloc = _launch.allocator((m, n), (n, 1), out_dtype, device)
 
     def run(a, sa, b, sb, out_dtype, c, *, out=None):
         pa, psa, pb, psb, pc = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), 0 if c is None else c.data_ptr()
         if (pa | psa | pb | psb | pc) % ALIGN_BYTES:
             check_aligned_all(a=a, sa=sa, b=b, sb=sb, c=c)
         if out is None:
-            out = torch.empty_strided((m, n), (n, 1), dtype=out_dtype, device=device)
+            out = alloc()
         launch(pa, k, psa, ld_sa, pb, k, psb, ld_sb, sb_per_row, out.data_ptr(), out_code, pc, m, n, k, _forced,
                _backend._num_sms or all_sms)
         return out
@@ -87,13 +88,14 @@ def plan_m_grouped_fp8_gemm_nt_contiguous(a: torch.Tensor, sa: torch.Tensor, b: 
     (m, k), (groups, n) = a.shape, b.shape[:2]
     ld_sa, device, out_code = sa.stride(-1), a.device, _launch.DTYPE_CODE[out_dtype]
     all_sms, launch = _backend.sm_count_of(device), _launch.launcher("m_grouped_fp8_gemm_nt_contiguous", device)
+    alloc = _launch.allocator((m, n), (n, 1), out_dtype, device)
 
     def run(a, sa, b, sb, m_indices, out_dtype, *, out=None):
         pa, psa, pb, psb, pm = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), m_indices.data_ptr()
         if (pa | psa | pb | psb | pm) % ALIGN_BYTES:
             check_aligned_all(a=a, sa=sa, b=b, sb=sb, m_indices=m_indices)
         if out is None:
-            out = torch.empty_strided((m, n), (n, 1), dtype=out_dtype, device=device)
+            out = alloc()
         launch(pa, psa, ld_sa, pb, psb, pm, out.data_ptr(), out_code, m, n, k, groups, _forced, _backend._num_sms or all_sms)
         return out
     return run
@@ -108,13 +110,14 @@ def plan_m_grouped_fp8_gemm_nt_masked(a: torch.Tensor, sa: torch.Tensor, b: torc
     (groups, m_max, k), n = a.shape, b.shape[1]
     ld_sa, device, out_code = sa.stride(-1), a.device, _launch.DTYPE_CODE[out_dtype]
     all_sms, launch = _backend.sm_count_of(device), _launch.launcher("m_grouped_fp8_gemm_nt_masked", device)
+    alloc = _launch.allocator((groups, m_max, n), (m_max * n, n, 1), out_dtype, device)
 
     def run(a, sa, b, sb, masked_m, expected_m, out_dtype, *, out=None):
         pa, psa, pb, psb, pm = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), masked_m.data_ptr()
         if (pa | psa | pb | psb | pm) % ALIGN_BYTES:
             check_aligned_all(a=a, sa=sa, b=b, sb=sb, masked_m=masked_m)
         if out is None:
-            out = torch.empty_strided((groups, m_max, n), (m_max * n, n, 1), dtype=out_dtype, device=device)
+            out = alloc()
         launch(pa, psa, ld_sa, pb, psb, pm, out.data_ptr(), out_code, groups, m_max, n, k, expected_m, _forced,
                _backend._num_sms or all_sms)
         return out
@@ -134,13 +137,14 @@ def plan_k_grouped_fp8_gemm_tn_contiguous(a: torch.Tensor, sa: torch.Tensor, b: 
     if copied:
         offsets = offsets.pin_memory()
     all_sms, launch = _backend.sm_count_of(device), _launch.launcher("k_grouped_fp8_gemm_tn_contiguous", device)
+    alloc = _launch.allocator((groups, n, k), (n * k, k, 1), torch.float32, device)
 
     def run(a, sa, b, sb, group_sizes, c, *, out=None):
         pa, psa, pb, psb, pc = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), 0 if c is None else c.data_ptr()
         if (pa | psa | pb | psb | pc) % ALIGN_BYTES:
             check_aligned_all(a=a, sa=sa, b=b, sb=sb, c=c)
         if out is None:
-            out = torch.empty_strided((groups, n, k), (n * k, k, 1), dtype=torch.float32, device=device)
+            out = alloc()
         on_device = offsets.to(device, non_blocking=True) if copied else offsets  # alive until the launch
         launch(pa, psa, ld_sa, pb, psb, ld_sb, on_device.data_ptr(), out.data_ptr(), pc, groups, n, k, t, _forced,
                _backend._num_sms or all_sms)

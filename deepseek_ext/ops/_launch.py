@@ -2,6 +2,7 @@
 device current and turns a launcher's error string into a RuntimeError."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -11,20 +12,29 @@ from deepseek_ext import _backend
 DTYPE_CODE = {torch.bfloat16: 0, torch.float32: 1, torch.float8_e4m3fn: 2}  # dx::DType
 
 
+def allocator(shape, strides, dtype: torch.dtype, device: torch.device) -> Callable[[], torch.Tensor]:
+    """alloc() -> a new uninitialized tensor of this layout: one C call (new_empty_strided of an
+    empty tensor of dtype on device), cheaper than torch.empty_strided's keyword parsing."""
+    return functools.partial(torch.empty(0, dtype=dtype, device=device).new_empty_strided, tuple(shape), tuple(strides))
+
+
 def _failed(name: str, error: str) -> None:
     raise RuntimeError(f"deepseek_ext kernel {name} failed: {error}")
 
 
 def launcher(name: str, device: torch.device) -> Callable[..., None]:
-    """Launcher `name` of the module serving `device` (the emulator for CPU tensors, else the CUDA
-    extension), called with its arguments but the stream. The module is looked up on each call,
-    so a call always reaches the module deepseek_ext._backend holds then."""
+    """Launcher `name` of the module serving `device` now (the emulator for CPU tensors, else the
+    CUDA extension), called with its arguments but the stream. The ops' plans are keyed by the
+    modules in place, so a plan never outlives the module its launchers were taken from."""
     if device.type != "cuda":  # the emulator runs its launches in order: stream 0
+        emulated = getattr(_backend._emu, name)
+
         def launch(*args) -> None:
-            error = getattr(_backend._emu, name)(*args, 0)
+            error = emulated(*args, 0)
             if error:
                 _failed(name, error)
         return launch
+    compiled = getattr(_backend._C, name)
 
     def launch_on_gpu(*args) -> None:
         current = torch.cuda.current_device()
@@ -32,10 +42,10 @@ def launcher(name: str, device: torch.device) -> Callable[..., None]:
         # The raw handle, read without building a torch.cuda.Stream (as torch.compile's generated code reads it).
         stream = torch._C._cuda_getCurrentRawStream(index)
         if index == current:
-            error = getattr(_backend._C, name)(*args, stream)
+            error = compiled(*args, stream)
         else:
             with torch.cuda.device(index):  # the launch goes to the current device, the stream to the tensor's
-                error = getattr(_backend._C, name)(*args, stream)
+                error = compiled(*args, stream)
         if error:
             _failed(name, error)
     return launch_on_gpu

@@ -13,7 +13,7 @@ from deepseek_ext._backend import kernel_module, uses_kernels
 from deepseek_ext.ops import _launch
 from deepseek_ext.ops._checks import (ALIGN_BYTES, INT32_MAX, check_aligned, check_contiguous, check_multiple,
                                       check_same_device, check_shape, check_size_bound, check_tensor)
-from deepseek_ext.ops._eager import EagerOp, optional_tensor_key, tensor_key, value_key
+from deepseek_ext.ops._eager import EagerOp, contiguous_tensor_key, optional_tensor_key, tensor_key, value_key
 from deepseek_ext.ops.gemm import _check_index_range, _check_m_major_scales, _may_sync
 from deepseek_ext.reference import permute as ref
 from deepseek_ext.reference.quant import FP8_DTYPE, GROUP, ceil_div, empty_m_major_scales
@@ -198,12 +198,13 @@ def _plan_unpermute(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: to
     if uses_kernels(y):
         (tokens, topk), hidden, y_code, device = inverse_map.shape, y.shape[1], _launch.DTYPE_CODE[y.dtype], y.device
         launch = _launch.launcher("unpermute", device)
+        alloc_out = _launch.allocator((tokens, hidden), (hidden, 1), torch.bfloat16, device)
 
         def combine(y, inverse_map, topk_weights):
             py = y.data_ptr()
             if py % ALIGN_BYTES:
                 check_aligned(y, "y")
-            out = torch.empty_strided((tokens, hidden), (hidden, 1), dtype=torch.bfloat16, device=device)
+            out = alloc_out()
             launch(py, y_code, inverse_map.data_ptr(), topk_weights.data_ptr(), tokens, topk, hidden, out.data_ptr())
             return out
     else:
@@ -227,7 +228,8 @@ def _(y, inverse_map, topk_weights, may_sync):
 
 _UNPERMUTE = EagerOp(_check_unpermute,
                      lambda y, inverse_map, topk_weights: (
-                         tensor_key(y), tensor_key(inverse_map), tensor_key(topk_weights)),
+                         contiguous_tensor_key(y), contiguous_tensor_key(inverse_map),
+                         contiguous_tensor_key(topk_weights)),
                      _plan_unpermute,
                      lambda *args: torch.ops.deepseek_ext.unpermute_from_grouped(*args, _may_sync()))
 

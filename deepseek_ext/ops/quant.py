@@ -7,7 +7,7 @@ from deepseek_ext._backend import uses_kernels
 from deepseek_ext.ops import _launch
 from deepseek_ext.ops._checks import (ALIGN_BYTES, check_aligned, check_bool, check_contiguous, check_multiple,
                                       check_same_device, check_shape, check_tensor, row_stride)
-from deepseek_ext.ops._eager import EagerOp, tensor_key, value_key
+from deepseek_ext.ops._eager import EagerOp, contiguous_tensor_key, tensor_key, value_key
 from deepseek_ext.reference import quant as ref
 from deepseek_ext.reference.quant import GROUP, FP8_DTYPE, ceil_div, empty_m_major_scales
 
@@ -45,9 +45,10 @@ def _reference(fn, name: str):
     return run
 
 
-def _layouts(outputs) -> tuple:
-    """(shape, strides, dtype) of each output an op's outputs function makes (called on meta tensors)."""
-    return tuple((tuple(o.shape), o.stride(), o.dtype) for o in outputs)
+def _allocators(outputs, device: torch.device) -> tuple:
+    """An allocator (_launch.allocator) on device for each output an op's outputs function makes
+    on meta tensors."""
+    return tuple(_launch.allocator(o.shape, o.stride(), o.dtype, device) for o in outputs)
 
 
 def _per_token_outputs(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,17 +73,17 @@ def _plan_per_token(x: torch.Tensor, pow2_scale: bool):
 def _plan_row_cast(name: str, x: torch.Tensor, k: int, rows: int):
     """run(x, pow2_scale) -> (q, s) of launcher `name` (the 1x128 casts: per token, swiglu) for rows
     rows of k outputs."""
-    (q_shape, q_strides, q_dtype), (s_shape, s_strides, s_dtype) = _layouts(_per_token_outputs(x.to("meta"), k))
-    x_code, ld, rows_per_batch, device = _launch.DTYPE_CODE[x.dtype], _row_ld(x), x.shape[-2], x.device
+    outputs, device = _per_token_outputs(x.to("meta"), k), x.device
+    (alloc_q, alloc_s), ld_s = _allocators(outputs, device), outputs[1].stride(-1)
+    x_code, ld, rows_per_batch = _launch.DTYPE_CODE[x.dtype], _row_ld(x), x.shape[-2]
     launch = _launch.launcher(name, device)
 
     def run(x, pow2_scale):
         px = x.data_ptr()
         if px % ALIGN_BYTES:
             check_aligned(x, "x")
-        q = torch.empty_strided(q_shape, q_strides, dtype=q_dtype, device=device)
-        s = torch.empty_strided(s_shape, s_strides, dtype=s_dtype, device=device)
-        launch(px, x_code, ld, q.data_ptr(), s.data_ptr(), rows, k, rows_per_batch, s_strides[-1], pow2_scale)
+        q, s = alloc_q(), alloc_s()
+        launch(px, x_code, ld, q.data_ptr(), s.data_ptr(), rows, k, rows_per_batch, ld_s, pow2_scale)
         return q, s
     return run
 
@@ -159,16 +160,15 @@ def _check_per_block(w, pow2_scale) -> None:
 def _plan_per_block(w: torch.Tensor, pow2_scale: bool):
     if not uses_kernels(w):
         return _reference(ref.per_block_cast_to_fp8, "w")
-    (q_shape, q_strides, q_dtype), (s_shape, s_strides, s_dtype) = _layouts(_per_block_outputs(w.to("meta")))
     w_code, ld, rows, (n, k), device = _launch.DTYPE_CODE[w.dtype], _row_ld(w), _rows(w), w.shape[-2:], w.device
+    alloc_q, alloc_s = _allocators(_per_block_outputs(w.to("meta")), device)
     launch = _launch.launcher("per_block_cast_to_fp8", device)
 
     def run(w, pow2_scale):
         pw = w.data_ptr()
         if pw % ALIGN_BYTES:
             check_aligned(w, "w")
-        q = torch.empty_strided(q_shape, q_strides, dtype=q_dtype, device=device)
-        s = torch.empty_strided(s_shape, s_strides, dtype=s_dtype, device=device)
+        q, s = alloc_q(), alloc_s()
         launch(pw, w_code, ld, q.data_ptr(), s.data_ptr(), rows, n, k, pow2_scale)
         return q, s
     return run
@@ -214,22 +214,18 @@ def _check_with_transpose(x, pow2_scale) -> None:
 def _plan_with_transpose(x: torch.Tensor, pow2_scale: bool):
     if not uses_kernels(x):
         return _reference(ref.per_token_cast_to_fp8_with_transpose, "x")
-    layouts = _layouts(_with_transpose_outputs(x.to("meta")))
-    (q_shape, q_strides, q_dtype), (s_shape, s_strides, s_dtype) = layouts[:2]
-    (qt_shape, qt_strides, qt_dtype), (st_shape, st_strides, st_dtype) = layouts[2:]
-    x_code, ld, (m, k), device = _launch.DTYPE_CODE[x.dtype], _row_ld(x), x.shape, x.device
+    outputs, device = _with_transpose_outputs(x.to("meta")), x.device
+    alloc_q, alloc_s, alloc_qt, alloc_st = _allocators(outputs, device)
+    ld_s, ld_st = outputs[1].stride(-1), outputs[3].stride(-1)
+    x_code, ld, (m, k) = _launch.DTYPE_CODE[x.dtype], _row_ld(x), x.shape
     launch = _launch.launcher("cast_with_transpose", device)
 
     def run(x, pow2_scale):
         px = x.data_ptr()
         if px % ALIGN_BYTES:
             check_aligned(x, "x")
-        q = torch.empty_strided(q_shape, q_strides, dtype=q_dtype, device=device)
-        s = torch.empty_strided(s_shape, s_strides, dtype=s_dtype, device=device)
-        qt = torch.empty_strided(qt_shape, qt_strides, dtype=qt_dtype, device=device)
-        st = torch.empty_strided(st_shape, st_strides, dtype=st_dtype, device=device)
-        launch(px, x_code, ld, q.data_ptr(), s.data_ptr(), qt.data_ptr(), st.data_ptr(), m, k, s_strides[-1],
-               st_strides[-1], pow2_scale)
+        q, s, qt, st = alloc_q(), alloc_s(), alloc_qt(), alloc_st()
+        launch(px, x_code, ld, q.data_ptr(), s.data_ptr(), qt.data_ptr(), st.data_ptr(), m, k, ld_s, ld_st, pow2_scale)
         return q, s, qt, st
     return run
 
@@ -278,9 +274,8 @@ def _check_transpose_block(q, s) -> None:
 def _plan_transpose_block(q: torch.Tensor, s: torch.Tensor):
     if not uses_kernels(q):
         return _reference(ref.transpose_block_fp8, "q")
-    (qt_shape, qt_strides, qt_dtype), (st_shape, st_strides, st_dtype) = _layouts(
-        _transposed_outputs(q.to("meta"), s.to("meta")))
     (n, k), device = q.shape[-2:], q.device
+    alloc_qt, alloc_st = _allocators(_transposed_outputs(q.to("meta"), s.to("meta")), device)
     batch = q.numel() // (n * k) if n * k else 0
     launch = _launch.launcher("transpose_block_fp8", device)
 
@@ -288,8 +283,7 @@ def _plan_transpose_block(q: torch.Tensor, s: torch.Tensor):
         pq = q.data_ptr()
         if pq % ALIGN_BYTES:
             check_aligned(q, "q")
-        qt = torch.empty_strided(qt_shape, qt_strides, dtype=qt_dtype, device=device)
-        st = torch.empty_strided(st_shape, st_strides, dtype=st_dtype, device=device)
+        qt, st = alloc_qt(), alloc_st()
         launch(pq, s.data_ptr(), qt.data_ptr(), st.data_ptr(), batch, n, k)
         return qt, st
     return run
@@ -304,7 +298,8 @@ def _(q, s):
     return _transposed_outputs(q, s)
 
 
-_TRANSPOSE_BLOCK = EagerOp(_check_transpose_block, lambda q, s: (tensor_key(q), tensor_key(s)), _plan_transpose_block,
+_TRANSPOSE_BLOCK = EagerOp(_check_transpose_block, lambda q, s: (contiguous_tensor_key(q), contiguous_tensor_key(s)),
+                           _plan_transpose_block,
                            torch.ops.deepseek_ext.transpose_block_fp8)
 
 
@@ -360,8 +355,8 @@ def _plan_dequantize(q: torch.Tensor, s: torch.Tensor, block_rows: int, out_dtyp
     if not uses_kernels(q):
         reference = _reference(ref.dequantize, "q")
         return lambda q, s, _, out_dtype: reference(q, s, (block_rows, GROUP), out_dtype)
-    out_shape, device = tuple(q.shape), q.device
-    out_strides = torch.empty(out_shape, device="meta").stride()
+    device = q.device
+    alloc_out = _launch.allocator(q.shape, torch.empty(q.shape, device="meta").stride(), out_dtype, device)
     out_code, rows, (m, k) = _launch.DTYPE_CODE[out_dtype], _rows(q), q.shape[-2:]
     scale_strides = (_scale_batch_stride(s), s.stride(-2), s.stride(-1))
     launch = _launch.launcher("dequantize", device)
@@ -370,7 +365,7 @@ def _plan_dequantize(q: torch.Tensor, s: torch.Tensor, block_rows: int, out_dtyp
         pq = q.data_ptr()
         if pq % ALIGN_BYTES:
             check_aligned(q, "q")
-        out = torch.empty_strided(out_shape, out_strides, dtype=out_dtype, device=device)
+        out = alloc_out()
         launch(pq, s.data_ptr(), out.data_ptr(), out_code, rows, k, m, block_rows, *scale_strides)
         return out
     return run
@@ -391,7 +386,7 @@ def _with_block_rows(fn):
 
 
 _DEQUANTIZE = EagerOp(_check_dequantize,
-                      lambda q, s, block, out_dtype: (tensor_key(q), tensor_key(s), value_key(block), out_dtype),
+                      lambda q, s, block, out_dtype: (contiguous_tensor_key(q), tensor_key(s), value_key(block), out_dtype),
                       _with_block_rows(_plan_dequantize),
                       _with_block_rows(torch.ops.deepseek_ext.dequantize))
 
