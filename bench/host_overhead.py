@@ -14,7 +14,8 @@ work, so that op is timed a third time with the reads skipped, to show their sha
 are allocated and never read. A figure is the calling thread's CPU time (time.thread_time) per call,
 the best of many batches of 100 calls after a warm-up, the batches spread over rounds through all
 the ops: what the host spends, less disturbed than wall time by other processes on a shared
-machine (a slow spell of a shared machine lasts longer than one op's batches). `torch.empty` of a 128x1024 tensor is timed as the yardstick.
+machine (a slow spell of a shared machine lasts longer than one op's batches). `torch.empty` of a
+128x1024 tensor is timed as the yardstick.
 
 Both routes of an op are timed in the same run: the eager route (the default: each argument
 signature validated and planned once, then the plan run directly) and the torch.library route

@@ -315,7 +315,9 @@ def test_kernels_fail_on_bad_index_values_naming_the_row(kernel_device, block_m)
     it and the launch fails naming it (emulated here; a GPU trap ends the CUDA context, so the GPU
     form runs each call in a process of its own)."""
     if kernel_device == "cuda":
-        for i in range(7):
+        if block_m == 64:
+            pytest.skip("one BLOCK_M on the GPU: each case costs a process")
+        for i in (0, 3, 5):  # out of range, a second group in a block, masked_m past Mmax
             script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
                       f"import test_grouped_gemm_gpu as t; calls, _ = t._bad_index_calls('cuda', {block_m}); "
                       f"calls[{i}][0](); torch.cuda.synchronize()")

@@ -72,6 +72,14 @@ def check_aligned(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must start at a 16-byte aligned address")
 
 
+def aligned_ptr(t: torch.Tensor, name: str) -> int:
+    """t.data_ptr(), checked as check_aligned checks it (the launch paths' one test per tensor)."""
+    ptr = t.data_ptr()
+    if ptr % ALIGN_BYTES:
+        check_aligned(t, name)
+    return ptr
+
+
 def check_aligned_all(**tensors: torch.Tensor | None) -> None:
     """check_aligned for each named tensor that is not None."""
     for name, t in tensors.items():

@@ -75,12 +75,13 @@ def value_key(value) -> tuple:
 
 
 class EagerOp:
-    """An op's two routes over the same arguments. `check(*args)` validates what a signature holds;
-    `signature(*args)` is the op's part of the plan key, built of tensor_key / optional_tensor_key /
-    value_key of every argument, or the value itself where no value of another type equals a valid
-    one (a torch.dtype); written out per op, as a generic loop over the arguments costs twice as much; `plan(*args)` returns the op's run for the arguments' signature, `run(*args) ->
-    outputs`; `dispatch(*args)` calls the op through torch.library (whose implementation is
-    `plan(*args)(*args)`, the route torch.compile traces)."""
+    """An op's two routes over the same arguments. `check(*args)` validates what a signature holds.
+    `signature(*args)` is the op's part of the plan key: tensor_key (contiguous_tensor_key,
+    optional_tensor_key) or value_key of each argument, or the value itself where no value of
+    another type equals a valid one (a torch.dtype); written out per op, as a generic loop over the
+    arguments costs twice as much. `plan(*args)` returns the op's run for the arguments' signature,
+    `run(*args) -> outputs`. `dispatch(*args)` calls the op through torch.library (whose
+    implementation is `plan(*args)(*args)`, the route torch.compile traces)."""
 
     def __init__(self, check: Callable, signature: Callable, plan: Callable, dispatch: Callable):
         self.check, self.signature, self.plan, self.dispatch = check, signature, plan, dispatch

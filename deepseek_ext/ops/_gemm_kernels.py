@@ -33,6 +33,14 @@ class GemmConfig(NamedTuple):
 _forced: Optional[tuple[int, int, int]] = None  # None: the launchers' heuristic chooses
 
 
+def _operand_ptrs(a, sa, b, sb, other, other_name: str) -> tuple[int, int, int, int, int]:
+    """data_ptr of a, sa, b, sb and other (0 for None), each checked 16-byte aligned (one test when all are)."""
+    ptrs = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), 0 if other is None else other.data_ptr()
+    if (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3] | ptrs[4]) % ALIGN_BYTES:
+        check_aligned_all(a=a, sa=sa, b=b, sb=sb, **{other_name: other})
+    return ptrs
+
+
 @contextlib.contextmanager
 def forced_config(config: GemmConfig) -> Iterator[None]:
     """Runs every GEMM launch inside the block with `config` instead of the heuristic's choice (for
@@ -68,11 +76,8 @@ def plan_fp8_gemm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: tor
     alloc = _launch.allocator((m, n), (n, 1), out_dtype, device)
 
     def run(a, sa, b, sb, out_dtype, c, *, out=None):
-        pa, psa, pb, psb, pc = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), 0 if c is None else c.data_ptr()
-        if (pa | psa | pb | psb | pc) % ALIGN_BYTES:
-            check_aligned_all(a=a, sa=sa, b=b, sb=sb, c=c)
-        if out is None:
-            out = alloc()
+        pa, psa, pb, psb, pc = _operand_ptrs(a, sa, b, sb, c, "c")
+        out = alloc() if out is None else out
         launch(pa, k, psa, ld_sa, pb, k, psb, ld_sb, sb_per_row, out.data_ptr(), out_code, pc, m, n, k, _forced,
                _backend._num_sms or all_sms)
         return out
@@ -91,12 +96,10 @@ def plan_m_grouped_fp8_gemm_nt_contiguous(a: torch.Tensor, sa: torch.Tensor, b: 
     alloc = _launch.allocator((m, n), (n, 1), out_dtype, device)
 
     def run(a, sa, b, sb, m_indices, out_dtype, *, out=None):
-        pa, psa, pb, psb, pm = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), m_indices.data_ptr()
-        if (pa | psa | pb | psb | pm) % ALIGN_BYTES:
-            check_aligned_all(a=a, sa=sa, b=b, sb=sb, m_indices=m_indices)
-        if out is None:
-            out = alloc()
-        launch(pa, psa, ld_sa, pb, psb, pm, out.data_ptr(), out_code, m, n, k, groups, _forced, _backend._num_sms or all_sms)
+        pa, psa, pb, psb, pm = _operand_ptrs(a, sa, b, sb, m_indices, "m_indices")
+        out = alloc() if out is None else out
+        launch(pa, psa, ld_sa, pb, psb, pm, out.data_ptr(), out_code, m, n, k, groups, _forced,
+               _backend._num_sms or all_sms)
         return out
     return run
 
@@ -113,11 +116,8 @@ def plan_m_grouped_fp8_gemm_nt_masked(a: torch.Tensor, sa: torch.Tensor, b: torc
     alloc = _launch.allocator((groups, m_max, n), (m_max * n, n, 1), out_dtype, device)
 
     def run(a, sa, b, sb, masked_m, expected_m, out_dtype, *, out=None):
-        pa, psa, pb, psb, pm = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), masked_m.data_ptr()
-        if (pa | psa | pb | psb | pm) % ALIGN_BYTES:
-            check_aligned_all(a=a, sa=sa, b=b, sb=sb, masked_m=masked_m)
-        if out is None:
-            out = alloc()
+        pa, psa, pb, psb, pm = _operand_ptrs(a, sa, b, sb, masked_m, "masked_m")
+        out = alloc() if out is None else out
         launch(pa, psa, ld_sa, pb, psb, pm, out.data_ptr(), out_code, groups, m_max, n, k, expected_m, _forced,
                _backend._num_sms or all_sms)
         return out
@@ -140,11 +140,8 @@ def plan_k_grouped_fp8_gemm_tn_contiguous(a: torch.Tensor, sa: torch.Tensor, b: 
     alloc = _launch.allocator((groups, n, k), (n * k, k, 1), torch.float32, device)
 
     def run(a, sa, b, sb, group_sizes, c, *, out=None):
-        pa, psa, pb, psb, pc = a.data_ptr(), sa.data_ptr(), b.data_ptr(), sb.data_ptr(), 0 if c is None else c.data_ptr()
-        if (pa | psa | pb | psb | pc) % ALIGN_BYTES:
-            check_aligned_all(a=a, sa=sa, b=b, sb=sb, c=c)
-        if out is None:
-            out = alloc()
+        pa, psa, pb, psb, pc = _operand_ptrs(a, sa, b, sb, c, "c")
+        out = alloc() if out is None else out
         on_device = offsets.to(device, non_blocking=True) if copied else offsets  # alive until the launch
         launch(pa, psa, ld_sa, pb, psb, ld_sb, on_device.data_ptr(), out.data_ptr(), pc, groups, n, k, t, _forced,
                _backend._num_sms or all_sms)

@@ -238,7 +238,8 @@ _M_GROUPED_CONTIGUOUS = EagerOp(_check_m_grouped_contiguous,
                                     contiguous_tensor_key(a), tensor_key(sa), contiguous_tensor_key(b),
                                     contiguous_tensor_key(sb), contiguous_tensor_key(m_indices), out_dtype),
                                 _plan_m_grouped_contiguous,
-                                lambda *args: torch.ops.deepseek_ext.m_grouped_fp8_gemm_nt_contiguous(*args, _may_sync()))
+                                lambda *args: torch.ops.deepseek_ext.m_grouped_fp8_gemm_nt_contiguous(
+                                    *args, _may_sync()))
 
 
 def m_grouped_fp8_gemm_nt_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,

@@ -11,7 +11,7 @@ import torch
 
 from deepseek_ext._backend import kernel_module, uses_kernels
 from deepseek_ext.ops import _launch
-from deepseek_ext.ops._checks import (ALIGN_BYTES, INT32_MAX, check_aligned, check_contiguous, check_multiple,
+from deepseek_ext.ops._checks import (INT32_MAX, aligned_ptr, check_aligned, check_contiguous, check_multiple,
                                       check_same_device, check_shape, check_size_bound, check_tensor)
 from deepseek_ext.ops._eager import EagerOp, contiguous_tensor_key, optional_tensor_key, tensor_key, value_key
 from deepseek_ext.ops.gemm import _check_index_range, _check_m_major_scales, _may_sync
@@ -201,9 +201,7 @@ def _plan_unpermute(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: to
         alloc_out = _launch.allocator((tokens, hidden), (hidden, 1), torch.bfloat16, device)
 
         def combine(y, inverse_map, topk_weights):
-            py = y.data_ptr()
-            if py % ALIGN_BYTES:
-                check_aligned(y, "y")
+            py = aligned_ptr(y, "y")
             out = alloc_out()
             launch(py, y_code, inverse_map.data_ptr(), topk_weights.data_ptr(), tokens, topk, hidden, out.data_ptr())
             return out

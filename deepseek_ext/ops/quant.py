@@ -5,7 +5,7 @@ import torch
 
 from deepseek_ext._backend import uses_kernels
 from deepseek_ext.ops import _launch
-from deepseek_ext.ops._checks import (ALIGN_BYTES, check_aligned, check_bool, check_contiguous, check_multiple,
+from deepseek_ext.ops._checks import (aligned_ptr, check_aligned, check_bool, check_contiguous, check_multiple,
                                       check_same_device, check_shape, check_tensor, row_stride)
 from deepseek_ext.ops._eager import EagerOp, contiguous_tensor_key, tensor_key, value_key
 from deepseek_ext.reference import quant as ref
@@ -79,9 +79,7 @@ def _plan_row_cast(name: str, x: torch.Tensor, k: int, rows: int):
     launch = _launch.launcher(name, device)
 
     def run(x, pow2_scale):
-        px = x.data_ptr()
-        if px % ALIGN_BYTES:
-            check_aligned(x, "x")
+        px = aligned_ptr(x, "x")
         q, s = alloc_q(), alloc_s()
         launch(px, x_code, ld, q.data_ptr(), s.data_ptr(), rows, k, rows_per_batch, ld_s, pow2_scale)
         return q, s
@@ -165,9 +163,7 @@ def _plan_per_block(w: torch.Tensor, pow2_scale: bool):
     launch = _launch.launcher("per_block_cast_to_fp8", device)
 
     def run(w, pow2_scale):
-        pw = w.data_ptr()
-        if pw % ALIGN_BYTES:
-            check_aligned(w, "w")
+        pw = aligned_ptr(w, "w")
         q, s = alloc_q(), alloc_s()
         launch(pw, w_code, ld, q.data_ptr(), s.data_ptr(), rows, n, k, pow2_scale)
         return q, s
@@ -221,9 +217,7 @@ def _plan_with_transpose(x: torch.Tensor, pow2_scale: bool):
     launch = _launch.launcher("cast_with_transpose", device)
 
     def run(x, pow2_scale):
-        px = x.data_ptr()
-        if px % ALIGN_BYTES:
-            check_aligned(x, "x")
+        px = aligned_ptr(x, "x")
         q, s, qt, st = alloc_q(), alloc_s(), alloc_qt(), alloc_st()
         launch(px, x_code, ld, q.data_ptr(), s.data_ptr(), qt.data_ptr(), st.data_ptr(), m, k, ld_s, ld_st, pow2_scale)
         return q, s, qt, st
@@ -280,9 +274,7 @@ def _plan_transpose_block(q: torch.Tensor, s: torch.Tensor):
     launch = _launch.launcher("transpose_block_fp8", device)
 
     def run(q, s):
-        pq = q.data_ptr()
-        if pq % ALIGN_BYTES:
-            check_aligned(q, "q")
+        pq = aligned_ptr(q, "q")
         qt, st = alloc_qt(), alloc_st()
         launch(pq, s.data_ptr(), qt.data_ptr(), st.data_ptr(), batch, n, k)
         return qt, st
@@ -362,9 +354,7 @@ def _plan_dequantize(q: torch.Tensor, s: torch.Tensor, block_rows: int, out_dtyp
     launch = _launch.launcher("dequantize", device)
 
     def run(q, s, _, out_dtype):
-        pq = q.data_ptr()
-        if pq % ALIGN_BYTES:
-            check_aligned(q, "q")
+        pq = aligned_ptr(q, "q")
         out = alloc_out()
         launch(pq, s.data_ptr(), out.data_ptr(), out_code, rows, k, m, block_rows, *scale_strides)
         return out
@@ -386,7 +376,8 @@ def _with_block_rows(fn):
 
 
 _DEQUANTIZE = EagerOp(_check_dequantize,
-                      lambda q, s, block, out_dtype: (contiguous_tensor_key(q), tensor_key(s), value_key(block), out_dtype),
+                      lambda q, s, block, out_dtype: (contiguous_tensor_key(q), tensor_key(s), value_key(block),
+                                                      out_dtype),
                       _with_block_rows(_plan_dequantize),
                       _with_block_rows(torch.ops.deepseek_ext.dequantize))
 

@@ -11,7 +11,8 @@
 #include "deepseek_ext/common.cuh"
 
 #define DX_INDEX_RANGE_FORMAT "%s[%d] = %d is outside [%d, %d]"
-#define DX_MIXED_BLOCK_FORMAT "%s[%d] = %d, but its 128-row block starts at row %d with %d (one group per block, then -1 padding)"
+#define DX_MIXED_BLOCK_FORMAT \
+  "%s[%d] = %d, but its 128-row block starts at row %d with %d (one group per block, then -1 padding)"
 
 namespace dx::ptx {
 
