@@ -12,10 +12,15 @@ from deepseek_ext import _backend
 DTYPE_CODE = {torch.bfloat16: 0, torch.float32: 1, torch.float8_e4m3fn: 2}  # dx::DType
 
 
+@functools.cache
+def _empty(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.empty(0, dtype=dtype, device=device)
+
+
 def allocator(shape, strides, dtype: torch.dtype, device: torch.device) -> Callable[[], torch.Tensor]:
     """alloc() -> a new uninitialized tensor of this layout: one C call (new_empty_strided of an
     empty tensor of dtype on device), cheaper than torch.empty_strided's keyword parsing."""
-    return functools.partial(torch.empty(0, dtype=dtype, device=device).new_empty_strided, tuple(shape), tuple(strides))
+    return functools.partial(_empty(dtype, device).new_empty_strided, tuple(shape), tuple(strides))
 
 
 def _failed(name: str, error: str) -> None:

@@ -9,7 +9,7 @@ from deepseek_ext.ops._checks import (aligned_ptr, check_aligned, check_bool, ch
                                       check_same_device, check_shape, check_tensor, row_stride)
 from deepseek_ext.ops._eager import EagerOp, contiguous_tensor_key, tensor_key, value_key
 from deepseek_ext.reference import quant as ref
-from deepseek_ext.reference.quant import GROUP, FP8_DTYPE, ceil_div, empty_m_major_scales
+from deepseek_ext.reference.quant import GROUP, FP8_DTYPE, ceil_div, contiguous_strides, m_major_scales_layout
 
 _FLOAT_INPUTS = (torch.bfloat16, torch.float32)
 _DEQUANT_OUTPUTS = (torch.float32, torch.bfloat16)
@@ -45,16 +45,25 @@ def _reference(fn, name: str):
     return run
 
 
-def _allocators(outputs, device: torch.device) -> tuple:
-    """An allocator (_launch.allocator) on device for each output an op's outputs function makes
-    on meta tensors."""
-    return tuple(_launch.allocator(o.shape, o.stride(), o.dtype, device) for o in outputs)
+# An op's outputs are described by layouts, (shape, strides, dtype) each: the fake (meta) outputs
+# under torch.compile are made from them, and so are the allocators of the kernel plans.
+
+def _contiguous(shape: tuple, dtype: torch.dtype) -> tuple:
+    return tuple(shape), contiguous_strides(tuple(shape)), dtype
 
 
-def _per_token_outputs(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    q = torch.empty((*x.shape[:-1], k), dtype=FP8_DTYPE, device=x.device)
-    s = empty_m_major_scales(tuple(x.shape[:-2]), x.shape[-2], ceil_div(k, GROUP), x.device)
-    return q, s
+def _outputs(layouts, device: torch.device) -> tuple:
+    return tuple(torch.empty_strided(shape, strides, dtype=dtype, device=device) for shape, strides, dtype in layouts)
+
+
+def _allocators(layouts, device: torch.device) -> tuple:
+    return tuple(_launch.allocator(shape, strides, dtype, device) for shape, strides, dtype in layouts)
+
+
+def _per_token_layouts(x: torch.Tensor, k: int) -> tuple:
+    """q [..., k] e4m3 and its M-major 1x128 scales."""
+    return (_contiguous((*x.shape[:-1], k), FP8_DTYPE),
+            (*m_major_scales_layout(tuple(x.shape[:-2]), x.shape[-2], ceil_div(k, GROUP)), torch.float32))
 
 
 # --- per_token_cast_to_fp8 -------------------------------------------------------------------
@@ -73,8 +82,8 @@ def _plan_per_token(x: torch.Tensor, pow2_scale: bool):
 def _plan_row_cast(name: str, x: torch.Tensor, k: int, rows: int):
     """run(x, pow2_scale) -> (q, s) of launcher `name` (the 1x128 casts: per token, swiglu) for rows
     rows of k outputs."""
-    outputs, device = _per_token_outputs(x.to("meta"), k), x.device
-    (alloc_q, alloc_s), ld_s = _allocators(outputs, device), outputs[1].stride(-1)
+    layouts, device = _per_token_layouts(x, k), x.device
+    (alloc_q, alloc_s), ld_s = _allocators(layouts, device), layouts[1][1][-1]
     x_code, ld, rows_per_batch = _launch.DTYPE_CODE[x.dtype], _row_ld(x), x.shape[-2]
     launch = _launch.launcher(name, device)
 
@@ -93,7 +102,7 @@ def _per_token_cast_to_fp8(x: torch.Tensor, pow2_scale: bool) -> tuple[torch.Ten
 @torch.library.custom_op("deepseek_ext::per_token_cast_to_fp8", _per_token_cast_to_fp8,
                          mutates_args=()).register_fake
 def _(x, pow2_scale):
-    return _per_token_outputs(x, x.shape[-1])
+    return _outputs(_per_token_layouts(x, x.shape[-1]), x.device)
 
 
 _PER_TOKEN = EagerOp(_check_per_token, _cast_signature, _plan_per_token, torch.ops.deepseek_ext.per_token_cast_to_fp8)
@@ -128,7 +137,7 @@ def _swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool) -> tuple[torch.
 
 @torch.library.custom_op("deepseek_ext::swiglu_cast_to_fp8", _swiglu_cast_to_fp8, mutates_args=()).register_fake
 def _(gate_up, pow2_scale):
-    return _per_token_outputs(gate_up, gate_up.shape[-1] // 2)
+    return _outputs(_per_token_layouts(gate_up, gate_up.shape[-1] // 2), gate_up.device)
 
 
 _SWIGLU = EagerOp(_check_swiglu, _cast_signature, _plan_swiglu, torch.ops.deepseek_ext.swiglu_cast_to_fp8)
@@ -142,12 +151,10 @@ def swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool = False) -> tuple
 
 # --- per_block_cast_to_fp8 -------------------------------------------------------------------
 
-def _per_block_outputs(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _per_block_layouts(w: torch.Tensor) -> tuple:
     n, k = w.shape[-2:]
-    q = torch.empty(w.shape, dtype=FP8_DTYPE, device=w.device)
-    s = torch.empty((*w.shape[:-2], ceil_div(n, GROUP), ceil_div(k, GROUP)), dtype=torch.float32,
-                    device=w.device)
-    return q, s
+    return _contiguous(w.shape, FP8_DTYPE), _contiguous((*w.shape[:-2], ceil_div(n, GROUP), ceil_div(k, GROUP)),
+                                                         torch.float32)
 
 
 def _check_per_block(w, pow2_scale) -> None:
@@ -159,7 +166,7 @@ def _plan_per_block(w: torch.Tensor, pow2_scale: bool):
     if not uses_kernels(w):
         return _reference(ref.per_block_cast_to_fp8, "w")
     w_code, ld, rows, (n, k), device = _launch.DTYPE_CODE[w.dtype], _row_ld(w), _rows(w), w.shape[-2:], w.device
-    alloc_q, alloc_s = _allocators(_per_block_outputs(w.to("meta")), device)
+    alloc_q, alloc_s = _allocators(_per_block_layouts(w), device)
     launch = _launch.launcher("per_block_cast_to_fp8", device)
 
     def run(w, pow2_scale):
@@ -177,7 +184,7 @@ def _per_block_cast_to_fp8(w: torch.Tensor, pow2_scale: bool) -> tuple[torch.Ten
 @torch.library.custom_op("deepseek_ext::per_block_cast_to_fp8", _per_block_cast_to_fp8,
                          mutates_args=()).register_fake
 def _(w, pow2_scale):
-    return _per_block_outputs(w)
+    return _outputs(_per_block_layouts(w), w.device)
 
 
 _PER_BLOCK = EagerOp(_check_per_block, _cast_signature, _plan_per_block, torch.ops.deepseek_ext.per_block_cast_to_fp8)
@@ -191,12 +198,10 @@ def per_block_cast_to_fp8(w: torch.Tensor, pow2_scale: bool = False) -> tuple[to
 
 # --- per_token_cast_to_fp8_with_transpose ----------------------------------------------------
 
-def _with_transpose_outputs(x: torch.Tensor):
+def _with_transpose_layouts(x: torch.Tensor) -> tuple:
     m, k = x.shape
-    q, s = _per_token_outputs(x, k)
-    qt = torch.empty((k, m), dtype=FP8_DTYPE, device=x.device)
-    st = empty_m_major_scales((), k, ceil_div(m, GROUP), x.device)
-    return q, s, qt, st
+    return (*_per_token_layouts(x, k), _contiguous((k, m), FP8_DTYPE),
+            (*m_major_scales_layout((), k, ceil_div(m, GROUP)), torch.float32))
 
 
 def _check_with_transpose(x, pow2_scale) -> None:
@@ -210,9 +215,9 @@ def _check_with_transpose(x, pow2_scale) -> None:
 def _plan_with_transpose(x: torch.Tensor, pow2_scale: bool):
     if not uses_kernels(x):
         return _reference(ref.per_token_cast_to_fp8_with_transpose, "x")
-    outputs, device = _with_transpose_outputs(x.to("meta")), x.device
-    alloc_q, alloc_s, alloc_qt, alloc_st = _allocators(outputs, device)
-    ld_s, ld_st = outputs[1].stride(-1), outputs[3].stride(-1)
+    layouts, device = _with_transpose_layouts(x), x.device
+    alloc_q, alloc_s, alloc_qt, alloc_st = _allocators(layouts, device)
+    ld_s, ld_st = layouts[1][1][-1], layouts[3][1][-1]
     x_code, ld, (m, k) = _launch.DTYPE_CODE[x.dtype], _row_ld(x), x.shape
     launch = _launch.launcher("cast_with_transpose", device)
 
@@ -232,7 +237,7 @@ def _per_token_cast_to_fp8_with_transpose(
 @torch.library.custom_op("deepseek_ext::per_token_cast_to_fp8_with_transpose", _per_token_cast_to_fp8_with_transpose,
                          mutates_args=()).register_fake
 def _(x, pow2_scale):
-    return _with_transpose_outputs(x)
+    return _outputs(_with_transpose_layouts(x), x.device)
 
 
 _WITH_TRANSPOSE = EagerOp(_check_with_transpose, _cast_signature, _plan_with_transpose,
@@ -247,10 +252,9 @@ def per_token_cast_to_fp8_with_transpose(x: torch.Tensor, pow2_scale: bool = Fal
 
 # --- transpose_block_fp8 ---------------------------------------------------------------------
 
-def _transposed_outputs(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    qt = torch.empty((*q.shape[:-2], q.shape[-1], q.shape[-2]), dtype=q.dtype, device=q.device)
-    st = torch.empty((*s.shape[:-2], s.shape[-1], s.shape[-2]), dtype=s.dtype, device=s.device)
-    return qt, st
+def _transposed_layouts(q: torch.Tensor, s: torch.Tensor) -> tuple:
+    return (_contiguous((*q.shape[:-2], q.shape[-1], q.shape[-2]), q.dtype),
+            _contiguous((*s.shape[:-2], s.shape[-1], s.shape[-2]), s.dtype))
 
 
 def _check_transpose_block(q, s) -> None:
@@ -269,7 +273,7 @@ def _plan_transpose_block(q: torch.Tensor, s: torch.Tensor):
     if not uses_kernels(q):
         return _reference(ref.transpose_block_fp8, "q")
     (n, k), device = q.shape[-2:], q.device
-    alloc_qt, alloc_st = _allocators(_transposed_outputs(q.to("meta"), s.to("meta")), device)
+    alloc_qt, alloc_st = _allocators(_transposed_layouts(q, s), device)
     batch = q.numel() // (n * k) if n * k else 0
     launch = _launch.launcher("transpose_block_fp8", device)
 
@@ -287,7 +291,7 @@ def _transpose_block_fp8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor
 
 @torch.library.custom_op("deepseek_ext::transpose_block_fp8", _transpose_block_fp8, mutates_args=()).register_fake
 def _(q, s):
-    return _transposed_outputs(q, s)
+    return _outputs(_transposed_layouts(q, s), q.device)
 
 
 _TRANSPOSE_BLOCK = EagerOp(_check_transpose_block, lambda q, s: (contiguous_tensor_key(q), contiguous_tensor_key(s)),
@@ -348,7 +352,7 @@ def _plan_dequantize(q: torch.Tensor, s: torch.Tensor, block_rows: int, out_dtyp
         reference = _reference(ref.dequantize, "q")
         return lambda q, s, _, out_dtype: reference(q, s, (block_rows, GROUP), out_dtype)
     device = q.device
-    alloc_out = _launch.allocator(q.shape, torch.empty(q.shape, device="meta").stride(), out_dtype, device)
+    alloc_out, = _allocators((_contiguous(q.shape, out_dtype),), device)
     out_code, rows, (m, k) = _launch.DTYPE_CODE[out_dtype], _rows(q), q.shape[-2:]
     scale_strides = (_scale_batch_stride(s), s.stride(-2), s.stride(-1))
     launch = _launch.launcher("dequantize", device)

@@ -51,20 +51,29 @@ def _grouped_last_dim(x: torch.Tensor) -> torch.Tensor:
     return padded.unflatten(-1, (-1, GROUP))
 
 
-def empty_m_major_scales(leading: tuple[int, ...], m: int, groups: int,
-                         device: torch.device) -> torch.Tensor:
-    """Uninitialized fp32 scales of logical shape [*leading, m, groups] stored M-major
-    (stride(-2) == 1) with m padded to a multiple of 4 in storage: what the GEMM's TMA reads.
-    One allocation call and no views (the ops allocate scales on every call); the storage ends at
-    the last column's row m (nothing reads the padding rows)."""
+def m_major_scales_layout(leading: tuple[int, ...], m: int, groups: int) -> tuple[tuple, tuple]:
+    """(shape, strides) of fp32 scales of logical shape [*leading, m, groups] stored M-major
+    (stride(-2) == 1) with m padded to a multiple of 4 in storage: what the GEMM's TMA reads. The
+    storage ends at the last column's row m (nothing reads the padding rows)."""
     padded_m = ceil_div(m, SCALE_ROW_ALIGN) * SCALE_ROW_ALIGN
     # The strides torch.empty gives [*leading, groups, padded_m] (a size-0 dim counts as 1), last two swapped.
-    column = _at_least_one(padded_m)
-    strides, batch = [1, column], column * _at_least_one(groups)
-    for size in reversed(leading):
-        strides.insert(0, batch)
-        batch *= _at_least_one(size)
-    return torch.empty_strided((*leading, m, groups), strides, dtype=torch.float32, device=device)
+    return (*leading, m, groups), (*contiguous_strides((*leading, groups, padded_m))[:-2], 1, _at_least_one(padded_m))
+
+
+def contiguous_strides(shape: tuple) -> tuple:
+    """The strides torch.empty(shape) has (a size-0 dim counts as 1)."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step = step * _at_least_one(size)
+    return tuple(reversed(strides))
+
+
+def empty_m_major_scales(leading: tuple[int, ...], m: int, groups: int,
+                         device: torch.device) -> torch.Tensor:
+    """Uninitialized scales of m_major_scales_layout: one allocation call and no views."""
+    shape, strides = m_major_scales_layout(leading, m, groups)
+    return torch.empty_strided(shape, strides, dtype=torch.float32, device=device)
 
 
 def _at_least_one(size):
