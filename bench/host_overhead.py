@@ -61,8 +61,9 @@ WGRAD_DIM = 1024
 TARGET_US = 5.0
 
 
-def _launch_nothing(*args) -> str:
-    return ""
+# A launcher that does nothing and reports success (""): a C call taking any arguments, as the
+# real launchers are C calls, so no Python frame of the stub's own is timed.
+_launch_nothing = "".format
 
 
 @contextlib.contextmanager

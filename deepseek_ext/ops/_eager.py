@@ -60,10 +60,6 @@ def contiguous_tensor_key(t) -> tuple:
     return t.shape, t.is_contiguous(), t.dtype, t.device, t.requires_grad
 
 
-def optional_tensor_key(t) -> tuple | None:
-    return None if t is None else tensor_key(t)
-
-
 def value_key(value) -> tuple:
     """Another argument's part of a signature: its type and value (so True and 1 differ)."""
     cls = type(value)
@@ -76,10 +72,10 @@ def value_key(value) -> tuple:
 
 class EagerOp:
     """An op's two routes over the same arguments. `check(*args)` validates what a signature holds.
-    `signature(*args)` is the op's part of the plan key: tensor_key (contiguous_tensor_key,
-    optional_tensor_key) or value_key of each argument, or the value itself where no value of
-    another type equals a valid one (a torch.dtype); written out per op, as a generic loop over the
-    arguments costs twice as much. `plan(*args)` returns the op's run for the arguments' signature,
+    `signature(*args)` is the op's part of the plan key: tensor_key (contiguous_tensor_key; None for
+    an optional tensor left out) or value_key of each argument, or the value itself where no value
+    of another type equals a valid one (a torch.dtype); written out per op, as a generic loop over
+    the arguments costs twice as much. `plan(*args)` returns the op's run for the arguments' signature,
     `run(*args) -> outputs`. `dispatch(*args)` calls the op through torch.library (whose
     implementation is `plan(*args)(*args)`, the route torch.compile traces)."""
 

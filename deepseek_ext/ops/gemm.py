@@ -16,7 +16,7 @@ from deepseek_ext._backend import uses_kernels
 from deepseek_ext.ops import _gemm_kernels
 from deepseek_ext.ops._checks import (check_aligned_all, check_contiguous, check_multiple, check_same_device,
                                       check_shape, check_tensor)
-from deepseek_ext.ops._eager import EagerOp, contiguous_tensor_key, optional_tensor_key, tensor_key, value_key
+from deepseek_ext.ops._eager import EagerOp, contiguous_tensor_key, tensor_key, value_key
 from deepseek_ext.reference import gemm as ref
 from deepseek_ext.reference.gemm import M_ALIGNMENT
 from deepseek_ext.reference.quant import FP8_DTYPE, GROUP, SCALE_ROW_ALIGN, ceil_div
@@ -154,7 +154,7 @@ def _(a, sa, b, sb, out_dtype, c):
 _FP8_GEMM_NT = EagerOp(
     _check_fp8_gemm_nt,
     lambda a, sa, b, sb, out_dtype, c: (contiguous_tensor_key(a), tensor_key(sa), contiguous_tensor_key(b),
-                                        tensor_key(sb), out_dtype, optional_tensor_key(c)),
+                                        tensor_key(sb), out_dtype, None if c is None else tensor_key(c)),
     _plan_fp8_gemm_nt, torch.ops.deepseek_ext.fp8_gemm_nt)
 
 
@@ -378,7 +378,7 @@ def _(a, sa, b, sb, group_sizes, c):
 _K_GROUPED = EagerOp(
     _check_k_grouped,
     lambda a, sa, b, sb, group_sizes, c: (contiguous_tensor_key(a), tensor_key(sa), contiguous_tensor_key(b),
-                                          tensor_key(sb), value_key(group_sizes), optional_tensor_key(c)),
+                                          tensor_key(sb), value_key(group_sizes), None if c is None else tensor_key(c)),
     _plan_k_grouped, torch.ops.deepseek_ext.k_grouped_fp8_gemm_tn_contiguous)
 
 

@@ -13,7 +13,7 @@ from deepseek_ext._backend import kernel_module, uses_kernels
 from deepseek_ext.ops import _launch
 from deepseek_ext.ops._checks import (INT32_MAX, aligned_ptr, check_aligned, check_contiguous, check_multiple,
                                       check_same_device, check_shape, check_size_bound, check_tensor)
-from deepseek_ext.ops._eager import EagerOp, contiguous_tensor_key, optional_tensor_key, tensor_key, value_key
+from deepseek_ext.ops._eager import EagerOp, contiguous_tensor_key, tensor_key, value_key
 from deepseek_ext.ops.gemm import _check_index_range, _check_m_major_scales, _may_sync
 from deepseek_ext.reference import permute as ref
 from deepseek_ext.reference.quant import FP8_DTYPE, GROUP, ceil_div, empty_m_major_scales
@@ -152,7 +152,8 @@ def _plan_permute(x, x_scales, topk_idx, num_experts, alignment):
 
 _PERMUTE = EagerOp(_check_permute,
                    lambda x, x_scales, topk_idx, num_experts, alignment: (
-                       tensor_key(x), optional_tensor_key(x_scales), tensor_key(topk_idx), value_key(num_experts),
+                       tensor_key(x), None if x_scales is None else tensor_key(x_scales), tensor_key(topk_idx),
+                       value_key(num_experts),
                        value_key(alignment)),
                    _plan_permute, _dispatch_permute)
 
