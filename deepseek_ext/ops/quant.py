@@ -50,7 +50,8 @@ def _reference(fn, name: str):
 # under torch.compile are made from them, and so are the allocators of the kernel plans.
 
 def _contiguous(shape: tuple, dtype: torch.dtype) -> tuple:
-    return tuple(shape), contiguous_strides(tuple(shape)), dtype
+    shape = tuple(shape)
+    return shape, contiguous_strides(shape), dtype
 
 
 def _outputs(layouts, device: torch.device) -> tuple:
@@ -63,8 +64,9 @@ def _allocators(layouts, device: torch.device) -> tuple:
 
 def _per_token_layouts(x: torch.Tensor, k: int) -> tuple:
     """q [..., k] e4m3 and its M-major 1x128 scales."""
-    return (_contiguous((*x.shape[:-1], k), FP8_DTYPE),
-            (*m_major_scales_layout(tuple(x.shape[:-2]), x.shape[-2], ceil_div(k, GROUP)), torch.float32))
+    shape = tuple(x.shape)
+    return (_contiguous((*shape[:-1], k), FP8_DTYPE),
+            (*m_major_scales_layout(shape[:-2], shape[-2], ceil_div(k, GROUP)), torch.float32))
 
 
 # --- per_token_cast_to_fp8 -------------------------------------------------------------------

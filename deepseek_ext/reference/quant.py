@@ -55,18 +55,22 @@ def m_major_scales_layout(leading: tuple[int, ...], m: int, groups: int) -> tupl
     """(shape, strides) of fp32 scales of logical shape [*leading, m, groups] stored M-major
     (stride(-2) == 1) with m padded to a multiple of 4 in storage: what the GEMM's TMA reads. The
     storage ends at the last column's row m (nothing reads the padding rows)."""
-    padded_m = ceil_div(m, SCALE_ROW_ALIGN) * SCALE_ROW_ALIGN
     # The strides torch.empty gives [*leading, groups, padded_m] (a size-0 dim counts as 1), last two swapped.
-    return (*leading, m, groups), (*contiguous_strides((*leading, groups, padded_m))[:-2], 1, _at_least_one(padded_m))
+    column = _at_least_one(ceil_div(m, SCALE_ROW_ALIGN) * SCALE_ROW_ALIGN)
+    strides, batch = [1, column], column * _at_least_one(groups)
+    for size in reversed(leading):
+        strides.insert(0, batch)
+        batch *= _at_least_one(size)
+    return (*leading, m, groups), tuple(strides)
 
 
 def contiguous_strides(shape: tuple) -> tuple:
     """The strides torch.empty(shape) has (a size-0 dim counts as 1)."""
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step = step * _at_least_one(size)
-    return tuple(reversed(strides))
+    strides, step = [1] * len(shape), 1
+    for i in range(len(shape) - 1, 0, -1):
+        step *= _at_least_one(shape[i])
+        strides[i - 1] = step
+    return tuple(strides)
 
 
 def empty_m_major_scales(leading: tuple[int, ...], m: int, groups: int,
@@ -78,7 +82,7 @@ def empty_m_major_scales(leading: tuple[int, ...], m: int, groups: int,
 
 def _at_least_one(size):
     """max(size, 1), without guarding a symbolic size under torch.compile."""
-    return max(size, 1) if type(size) is int else torch.sym_max(size, 1)
+    return (size or 1) if type(size) is int else torch.sym_max(size, 1)
 
 
 def to_m_major(s: torch.Tensor) -> torch.Tensor:
