@@ -182,14 +182,14 @@ def index_reads_skipped() -> Iterator[None]:
             setattr(module, name, value)
 
 
-ROUNDS = 5  # every op is timed once per round, so that a slow spell of the machine spoils one round of it
+ROUNDS = 10  # every op is timed once per round, so that a slow spell of the machine spoils one round of it
 
 
 def run(quick: bool) -> list[dict]:
     """bench/run.py's suite: report rows for both routes of every op (and the eager route without the
     index reads where there are some); `value` is calls per microsecond. Each figure is the best of
     ROUNDS rounds over all ops, each round the best of its batches."""
-    batches = (20 if quick else 200) // ROUNDS
+    batches = (20 if quick else 400) // ROUNDS
     best: dict[tuple[str, str], float] = {}
     with stubbed_launches():
         all_cases = cases()

@@ -301,7 +301,7 @@ def test_cached_quant_signature_still_rejects_other_scalars_and_addresses():
 def test_cuda_launches_read_the_raw_stream_and_switch_device_only_when_needed(monkeypatch):
     """The CUDA branch of the launch path, with the CUDA calls faked (no GPU needed)."""
     switched, launched = [], []
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0, raising=False)
     monkeypatch.setattr(torch.cuda, "device", lambda device: switched.append(device) or contextlib.nullcontext())
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 100 + index, raising=False)
     monkeypatch.setattr(_backend, "_C", types.SimpleNamespace(launcher=lambda *args: launched.append(args) or ""))

@@ -40,9 +40,10 @@ def launcher(name: str, device: torch.device) -> Callable[..., None]:
                 _failed(name, error)
         return launch
     compiled = getattr(_backend._C, name)
+    current_device = torch._C._cuda_getDevice  # torch.cuda.current_device less its lazy-init check: a tensor is there
 
     def launch_on_gpu(*args) -> None:
-        current = torch.cuda.current_device()
+        current = current_device()
         index = current if device.index is None else device.index
         # The raw handle, read without building a torch.cuda.Stream (as torch.compile's generated code reads it).
         stream = torch._C._cuda_getCurrentRawStream(index)
