@@ -2,6 +2,11 @@
 here from the layout's definition and against dx.ep's expanded layout, the ops' validation,
 torch.library registration, and (GPU, and the host emulation of the kernels through the kernel_device
 fixture) the kernels bitwise against the reference."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -300,6 +305,31 @@ def test_gpu_unpermute_bitwise(kernel_device, tokens, num_experts, topk, empty, 
     weights = torch.rand(tokens, topk, device=kernel_device)
     got = dx.gemm.unpermute_from_grouped(y, inv, weights)
     assert torch.equal(got.cpu(), ref.unpermute_from_grouped(y.cpu(), inv.cpu(), weights.cpu()))
+
+
+def _bad_inverse_map_call(device: str, value: int):
+    """unpermute_from_grouped with inverse_map[3, 1] = value (y has 40 rows)."""
+    inv = torch.arange(16, dtype=torch.int32, device=device).view(8, 2)
+    inv[3, 1] = value
+    return lambda: dx.gemm.unpermute_from_grouped(torch.randn(40, 64, device=device).bfloat16(), inv,
+                                                  torch.rand(8, 2, device=device))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("value", [40, -2])
+def test_gpu_unpermute_fails_on_a_bad_inverse_map_value_naming_it(kernel_device, value):
+    """The host reads no inverse_map value on the kernel path; the kernel checks each (a GPU trap
+    ends the CUDA context, so there the call runs in a process of its own)."""
+    message = rf"inverse_map\[7\] = {value} is outside \[-1, 39\]"
+    if kernel_device == "cuda":
+        script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
+                  f"import test_permute as t; t._bad_inverse_map_call('cuda', {value})(); torch.cuda.synchronize()")
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0 and re.search(message, result.stdout + result.stderr), result.stderr
+        return
+    with pytest.raises(RuntimeError, match=r"unpermute failed: .*" + message):
+        _bad_inverse_map_call("cpu", value)()
+    _bad_inverse_map_call("cpu", 5)()  # the emulator runs on
 
 
 @pytest.mark.gpu

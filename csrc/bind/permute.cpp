@@ -35,9 +35,9 @@ void register_permute(pybind11::module_& m) {
       release_gil());
   m.def(
       "unpermute",
-      [](uintptr_t y, int y_dtype, uintptr_t inverse_map, uintptr_t weights, int64_t tokens, int topk,
+      [](uintptr_t y, int y_dtype, int64_t rows, uintptr_t inverse_map, uintptr_t weights, int64_t tokens, int topk,
          int64_t hidden, uintptr_t out, uintptr_t stream) {
-        return error_string(launch_unpermute(ptr<const void>(y), y_dtype, ptr<const int>(inverse_map),
+        return error_string(launch_unpermute(ptr<const void>(y), y_dtype, rows, ptr<const int>(inverse_map),
                                              ptr<const float>(weights), tokens, topk, hidden, ptr<void>(out),
                                              stream_of(stream)));
       },

@@ -71,9 +71,10 @@ cudaError_t launch_permute_rows(const void* x, int64_t row_bytes, const float* s
                        rows, static_cast<uint8_t*>(out), s_out, ld_s_out);
 }
 
-cudaError_t launch_unpermute(const void* y, int y_dtype, const int* inverse_map, const float* weights,
+cudaError_t launch_unpermute(const void* y, int y_dtype, int64_t rows, const int* inverse_map, const float* weights,
                              int64_t tokens, int topk, int64_t hidden, void* out, cudaStream_t stream) {
-  if (tokens < 0 || topk < 0 || hidden < 0 || hidden % 8 != 0 || !aligned16(y) || !aligned16(out)) {
+  if (rows < 0 || rows > INT32_MAX || tokens < 0 || topk < 0 || hidden < 0 || hidden % 8 != 0 || !aligned16(y) ||
+      !aligned16(out)) {
     return cudaErrorInvalidValue;
   }
   if (tokens == 0 || hidden == 0) return cudaSuccess;
@@ -82,11 +83,11 @@ cudaError_t launch_unpermute(const void* y, int y_dtype, const int* inverse_map,
   switch (static_cast<DType>(y_dtype)) {
     case DType::kBF16:
       return launch_kernel(permute::unpermute_kernel<__nv_bfloat16>, grid, permute::kUnpermuteThreads, 0, stream,
-                           false, static_cast<const __nv_bfloat16*>(y), inverse_map, weights, tokens, topk, hidden,
-                           dst);
+                           false, static_cast<const __nv_bfloat16*>(y), rows, inverse_map, weights, tokens, topk,
+                           hidden, dst);
     case DType::kF32:
       return launch_kernel(permute::unpermute_kernel<float>, grid, permute::kUnpermuteThreads, 0, stream, false,
-                           static_cast<const float*>(y), inverse_map, weights, tokens, topk, hidden, dst);
+                           static_cast<const float*>(y), rows, inverse_map, weights, tokens, topk, hidden, dst);
     default:
       return cudaErrorInvalidValue;
   }

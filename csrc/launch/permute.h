@@ -33,9 +33,10 @@ cudaError_t launch_permute_rows(const void* x, int64_t row_bytes, const float* s
                                 cudaStream_t stream);
 
 // out [tokens, hidden] bf16 = fixed-order fp32 weighted sum of y rows (y_dtype DType::kBF16 or
-// kF32, [rows, hidden] contiguous) named by inverse_map [tokens, topk] (-1: none), weights fp32
-// [tokens, topk]. hidden a multiple of 8; pointers 16-byte aligned.
-cudaError_t launch_unpermute(const void* y, int y_dtype, const int* inverse_map, const float* weights,
+// kF32, [rows, hidden] contiguous) named by inverse_map [tokens, topk] (-1: none; a value outside
+// [-1, rows) fails the launch, read on the device), weights fp32 [tokens, topk]. hidden a multiple
+// of 8; pointers 16-byte aligned.
+cudaError_t launch_unpermute(const void* y, int y_dtype, int64_t rows, const int* inverse_map, const float* weights,
                              int64_t tokens, int topk, int64_t hidden, void* out, cudaStream_t stream);
 
 }  // namespace dx

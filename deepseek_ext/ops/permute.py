@@ -3,9 +3,12 @@ then CUDA kernels or the reference (deepseek_ext/reference/permute.py defines th
 
 permute_to_grouped's row count depends on the routing, so on the GPU it reads the per-expert
 counts back to the host once (one sync, like torch.nonzero); under torch.compile its outputs
-have a data-dependent first dim. unpermute_from_grouped never syncs (CUDA-graph capturable).
+have a data-dependent first dim. unpermute_from_grouped never syncs (CUDA-graph capturable): on
+the kernel path the kernel checks inverse_map's values where it reads them.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -189,29 +192,25 @@ def _check_unpermute(y, inverse_map, topk_weights) -> None:
     check_same_device("y", y, inverse_map=inverse_map, topk_weights=topk_weights)
 
 
-def _reference_unpermute(y, inverse_map, topk_weights) -> torch.Tensor:
+def _reference_unpermute(y, inverse_map, topk_weights, *, may_sync: bool) -> torch.Tensor:
     check_aligned(y, "y")
+    _check_index_range(inverse_map, "inverse_map", -1, y.shape[0] - 1, may_sync)
     return ref.unpermute_from_grouped(y, inverse_map, topk_weights)
 
 
 def _plan_unpermute(y: torch.Tensor, inverse_map: torch.Tensor, topk_weights: torch.Tensor, may_sync: bool = True):
-    last_row = y.shape[0] - 1
-    if uses_kernels(y):
-        (tokens, topk), hidden, y_code, device = inverse_map.shape, y.shape[1], _launch.DTYPE_CODE[y.dtype], y.device
-        launch = _launch.launcher("unpermute", device)
-        alloc_out = _launch.allocator((tokens, hidden), (hidden, 1), torch.bfloat16, device)
-
-        def combine(y, inverse_map, topk_weights):
-            py = aligned_ptr(y, "y")
-            out = alloc_out()
-            launch(py, y_code, inverse_map.data_ptr(), topk_weights.data_ptr(), tokens, topk, hidden, out.data_ptr())
-            return out
-    else:
-        combine = _reference_unpermute
+    if not uses_kernels(y):
+        return functools.partial(_reference_unpermute, may_sync=may_sync)
+    # The kernel checks inverse_map's values as it reads them: the host reads none.
+    (rows, hidden), (tokens, topk), device = y.shape, inverse_map.shape, y.device
+    y_code, launch = _launch.DTYPE_CODE[y.dtype], _launch.launcher("unpermute", device)
+    alloc_out = _launch.allocator((tokens, hidden), (hidden, 1), torch.bfloat16, device)
 
     def run(y, inverse_map, topk_weights):
-        _check_index_range(inverse_map, "inverse_map", -1, last_row, may_sync)
-        return combine(y, inverse_map, topk_weights)
+        py = aligned_ptr(y, "y")
+        out = alloc_out()
+        launch(py, y_code, rows, inverse_map.data_ptr(), topk_weights.data_ptr(), tokens, topk, hidden, out.data_ptr())
+        return out
     return run
 
 
@@ -238,5 +237,7 @@ def unpermute_from_grouped(y: torch.Tensor, inverse_map: torch.Tensor, topk_weig
     rounded before it is added) of y[inverse_map[t, j]] * topk_weights[t, j], slots with -1
     skipped, cast to bf16 once. y [rows, H] bf16/fp32 contiguous (H a multiple of 8);
     inverse_map [T, k] int32 from permute_to_grouped; topk_weights [T, k] fp32. Returns [T, H] bf16.
+    An inverse_map value outside [-1, rows) raises: checked by the host on the reference, by the
+    kernel where it reads it (failing the launch as the grouped GEMMs do for a bad m_indices).
     """
     return _UNPERMUTE(y, inverse_map, topk_weights)

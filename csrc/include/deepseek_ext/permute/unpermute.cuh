@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "deepseek_ext/ptx/trap.cuh"
 #include "deepseek_ext/vec.cuh"
 
 namespace dx::permute {
@@ -23,11 +24,12 @@ __device__ __forceinline__ void load8_as_float(const float* p, float (&v)[8]) {
   for (int i = 0; i < 4; ++i) v[i] = lo[i], v[4 + i] = hi[i];
 }
 
-// y: [rows, hidden] bf16 or fp32 contiguous; inverse_map, weights: [tokens, topk] contiguous;
+// y: [rows, hidden] bf16 or fp32 contiguous; inverse_map, weights: [tokens, topk] contiguous, each
+// inverse_map value in [-1, rows) (checked here: a bad one is skipped and fails the launch);
 // out: [tokens, hidden] bf16. hidden a multiple of 8.
 template <typename YT>
 __global__ void __launch_bounds__(kUnpermuteThreads)
-    unpermute_kernel(const YT* __restrict__ y, const int* __restrict__ inverse_map,
+    unpermute_kernel(const YT* __restrict__ y, int64_t rows, const int* __restrict__ inverse_map,
                      const float* __restrict__ weights, int64_t tokens, int topk, int64_t hidden,
                      __nv_bfloat16* __restrict__ out) {
   const int64_t chunks = hidden / 8;
@@ -40,6 +42,11 @@ __global__ void __launch_bounds__(kUnpermuteThreads)
         for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
       for (int j = 0; j < topk; ++j) {
         const int row = __ldg(inverse_map + t * topk + j);
+        if (row < -1 || row >= rows) {
+          ptx::record_index_fault(ptx::IndexFault::kRange, "inverse_map", static_cast<int>(t * topk + j), row, -1,
+                                  static_cast<int>(rows - 1));
+          continue;
+        }
         if (row < 0) continue;
         const float w = __ldg(weights + t * topk + j);
 #pragma unroll
@@ -67,6 +74,7 @@ __global__ void __launch_bounds__(kUnpermuteThreads)
       }
     }
   }
+  ptx::trap_on_index_fault();
 }
 
 }  // namespace dx::permute

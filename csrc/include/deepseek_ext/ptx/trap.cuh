@@ -55,7 +55,7 @@ DX_HOST_DEVICE void record_index_fault(IndexFault kind, const char* name, int at
 
 #if defined(__CUDACC__) && !defined(DX_EMULATE)
 // Out of line: printf's arguments cost registers only here, at the end of a role.
-__device__ __noinline__ void report_index_fault(const IndexFaultRecord& f) {
+static __device__ __noinline__ void report_index_fault(const IndexFaultRecord& f) {
   if (f.kind == static_cast<int>(IndexFault::kRange)) {
     printf("deepseek_ext: " DX_INDEX_RANGE_FORMAT "\n", f.name, f.at, f.value, f.a, f.b);
   } else {
