@@ -289,6 +289,8 @@ def _bad_index_calls(device: str, block_m: int):
          r"m_indices\[120\] = 1, but its 128-row block starts at row 0 with 0"),
         (torch.where(rows == 400, 2, good),  # a group after the padding that starts block 3
          r"m_indices\[400\] = 2, but its 128-row block starts at row 384 with -1"),
+        (torch.where(rows == 110, 0, good),  # block 0's group again after its padding
+         r"m_indices\[110\] = 0 follows -1 padding in its 128-row block"),
     ]
     masked_a, masked_sa = dx.quant.per_token_cast_to_fp8(_random(3, 128, 256, device=device))
     masked = [([5, 129, 0], r"masked_m\[1\] = 129 is outside \[0, 128\]"),
@@ -317,7 +319,7 @@ def test_kernels_fail_on_bad_index_values_naming_the_row(kernel_device, block_m)
     if kernel_device == "cuda":
         if block_m == 64:
             pytest.skip("one BLOCK_M on the GPU: each case costs a process")
-        for i in (0, 3, 5):  # out of range, a second group in a block, masked_m past Mmax
+        for i in (0, 3, 6):  # out of range, a second group in a block, masked_m past Mmax
             script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
                       f"import test_grouped_gemm_gpu as t; calls, _ = t._bad_index_calls('cuda', {block_m}); "
                       f"calls[{i}][0](); torch.cuda.synchronize()")

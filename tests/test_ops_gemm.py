@@ -190,6 +190,8 @@ def test_m_grouped_contiguous_rejects():
          r"0\.\.127 with groups \[-1, 0, 1\]"),
         ((a, sa, b, sb, m_indices.roll(1)), ValueError,  # a block starting with padding
          r"got rows 0\.\.127 with groups \[-1, 0\]"),
+        ((a, sa, b, sb, torch.where(torch.arange(256) == 110, 0, m_indices).int()), ValueError,  # rows after padding
+         r"got rows 0\.\.127 with groups \[-1, 0\]"),
     ]
     for args, error, message in cases:
         with pytest.raises(error, match=message):

@@ -78,7 +78,10 @@ void fence(Site site);
 uint64_t atomic_add_relaxed(void* p, uint64_t v, int bytes, Site site);
 uint64_t atomic_cas_relaxed(uint64_t* p, uint64_t expected, uint64_t desired, Site site);
 uint64_t globaltimer_ns();
-[[noreturn]] void trap(const char* message, Site site = DX_HERE);  // the launch fails with `message`
+// A kernel's record of bad input (ptx/trap.cuh): the first message of the launch is kept, and the
+// launch fails with it when a thread reaches trap_on_recorded_fault, as the GPU traps there.
+void record_fault(const char* message);
+void trap_on_recorded_fault(Site site = DX_HERE);
 
 // --- mbarrier, TMA and wgmma (the async units) --------------------------------------------
 void mbarrier_init(uint32_t bar, uint32_t count, Site site);

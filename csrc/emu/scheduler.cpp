@@ -36,6 +36,7 @@ struct Launch {
   bool block_progress = false, block_memory_progress = false, block_polled = false;
   bool failed = false;
   std::string failure;
+  std::string recorded_fault;  // record_fault's first message
 };
 
 Launch* g_launch = nullptr;  // handed between the block threads with the turn
@@ -344,7 +345,13 @@ void fault(const std::string& message, Site site) {
   throw EmulationFault{text};
 }
 
-void trap(const char* message, Site site) { fault(message, site); }
+void record_fault(const char* message) {
+  if (g_launch->recorded_fault.empty()) g_launch->recorded_fault = message;
+}
+
+void trap_on_recorded_fault(Site site) {
+  if (!g_launch->recorded_fault.empty()) fault(g_launch->recorded_fault, site);
+}
 
 const uint3& thread_idx() { return current().thread; }
 const uint3& block_idx() { return current().block->index; }

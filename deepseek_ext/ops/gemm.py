@@ -185,12 +185,15 @@ def _check_grouped_b(a: torch.Tensor, b, sb, groups: int | None = None) -> tuple
 
 
 def _check_block_groups(m_indices: torch.Tensor, may_sync: bool) -> None:
-    """Every M_ALIGNMENT-row block holds one group: its first row's group, or -1 (padding), on
-    every row (when _can_read). The kernel takes a block's group from its first row."""
+    """Every M_ALIGNMENT-row block holds one group's rows, then -1 (padding): each row is -1 or its
+    block's first row's group, and no group row follows a -1 (when _can_read). The kernels check
+    the same where they read the rows."""
     if not _can_read(m_indices, may_sync):
         return
     blocks = m_indices.view(-1, M_ALIGNMENT)
-    bad = ((blocks != blocks[:, :1]) & (blocks != -1)).any(dim=1).nonzero()
+    mixed = (blocks != blocks[:, :1]) & (blocks != -1)
+    mixed[:, 1:] |= (blocks[:, 1:] != -1) & (blocks[:, :-1] == -1)
+    bad = mixed.any(dim=1).nonzero()
     if bad.numel():
         block = int(bad[0, 0])
         raise ValueError(f"m_indices must hold one group per {M_ALIGNMENT}-row block (its rows first, then -1 "

@@ -184,15 +184,22 @@ struct TileSchedule {
   }
 
   // Whether row r (0 <= r < block_m) of tile w holds a product; other rows are stored as zeros
-  // (kMContiguous) or not at all (kMMasked). A contiguous row's group is checked: in range, and -1
-  // or its 128-row block's group (a block whose first row is out of range is that row's fault).
+  // (kMContiguous) or not at all (kMMasked). A contiguous row's group is checked: in range, and
+  // -1 or its 128-row block's group, after no -1 of the block (a block whose first row is out of
+  // range is that row's fault, not its other rows').
   DX_HOST_DEVICE bool row_computed(const TileWork& w, int r) const {
     if (r >= w.rows) return false;
     if (kind != GemmKind::kMContiguous) return true;
     const int row = w.m0 + r, group = contiguous_group(row);
-    const int block_row = row / kContiguousBlockRows * kContiguousBlockRows, first = group_info[block_row];
-    if (group != -1 && group != first && first >= -1 && first < b_groups) {
-      ptx::record_index_fault(ptx::IndexFault::kMixedBlock, "m_indices", row, group, block_row, first);
+    if (group != -1) {
+      const int block_row = row / kContiguousBlockRows * kContiguousBlockRows, first = group_info[block_row];
+      if (first >= -1 && first < b_groups) {
+        if (group != first) {
+          ptx::record_index_fault(ptx::IndexFault::kMixedBlock, "m_indices", row, group, block_row, first);
+        } else if (row != block_row && group_info[row - 1] == -1) {
+          ptx::record_index_fault(ptx::IndexFault::kAfterPadding, "m_indices", row, group, block_row, first);
+        }
+      }
     }
     return group == w.group;
   }

@@ -1,9 +1,11 @@
-// Bad index values found where a kernel reads them. On the GPU the finding thread records the
-// first one in a device global (inline stores: a call inside the kernel's loops would cost the
-// accumulators registers) and each role ends with trap_on_index_fault(), out of line: if one was
-// recorded it is printed and the kernel traps, as a device-side assert does (the launch fails, and
-// the CUDA context with it). The DX_EMULATE branch is the host twin: the emulated launch fails
-// with the same text at once (csrc/emu/scheduler.cpp). Host-only callers (tests/cpp) abort.
+// Bad index values found where a kernel reads them. The finding thread records the first one
+// (inline stores into a device global: a call inside the kernel's loops would cost the
+// accumulators registers) and carries on with the value read as padding or clamped, so that
+// nothing is read out of bounds; each role ends with trap_on_index_fault(), where the first thread
+// to see the record prints it and traps, as a device-side assert does (the launch fails, and the
+// CUDA context with it). The DX_EMULATE branches are the host twin (csrc/emu/scheduler.cpp): the
+// same record, and the emulated launch fails with its text at the same point. Host-only callers
+// (tests/cpp) abort at once.
 #pragma once
 #include <cstdio>
 #include <cstdlib>
@@ -13,15 +15,19 @@
 #define DX_INDEX_RANGE_FORMAT "%s[%d] = %d is outside [%d, %d]"
 #define DX_MIXED_BLOCK_FORMAT \
   "%s[%d] = %d, but its 128-row block starts at row %d with %d (one group per block, then -1 padding)"
+#define DX_AFTER_PADDING_FORMAT \
+  "%s[%d] = %d follows -1 padding in its 128-row block (rows %d.. hold %d: one group per block, then -1 padding)"
 
 namespace dx::ptx {
 
-enum class IndexFault : int { kNone = 0, kRange = 1, kMixedBlock = 2 };
+enum class IndexFault : int { kNone = 0, kRange = 1, kMixedBlock = 2, kAfterPadding = 3 };
 
-// kRange: name[at] = value, outside [a, b]; kMixedBlock: name[at] = value, in the block of row a holding b.
+// kRange: name[at] = value, outside [a, b]; kMixedBlock: name[at] = value, in the block of row a
+// holding b; kAfterPadding: name[at] = value after a -1 of the block of row a (holding b).
 struct IndexFaultRecord {
   int kind;
-  int claimed;
+  int claimed;   // a thread is writing the record
+  int reported;  // a thread is printing it
   const char* name;
   int at, value, a, b;
 };
@@ -41,11 +47,13 @@ DX_HOST_DEVICE void record_index_fault(IndexFault kind, const char* name, int at
   __threadfence();  // the fields before the kind that announces them
   *static_cast<volatile int*>(&g_index_fault.kind) = static_cast<int>(kind);
 #else
-  char text[192];
-  std::snprintf(text, sizeof(text), kind == IndexFault::kRange ? DX_INDEX_RANGE_FORMAT : DX_MIXED_BLOCK_FORMAT, name,
-                at, value, a, b);
+  char text[224];
+  std::snprintf(text, sizeof(text), kind == IndexFault::kRange        ? DX_INDEX_RANGE_FORMAT
+                                    : kind == IndexFault::kMixedBlock ? DX_MIXED_BLOCK_FORMAT
+                                                                      : DX_AFTER_PADDING_FORMAT,
+                name, at, value, a, b);
 #if defined(DX_EMULATE)
-  emu::trap(text);
+  emu::record_fault(text);
 #else
   std::fprintf(stderr, "deepseek_ext: %s\n", text);
   std::abort();
@@ -58,20 +66,25 @@ DX_HOST_DEVICE void record_index_fault(IndexFault kind, const char* name, int at
 static __device__ __noinline__ void report_index_fault(const IndexFaultRecord& f) {
   if (f.kind == static_cast<int>(IndexFault::kRange)) {
     printf("deepseek_ext: " DX_INDEX_RANGE_FORMAT "\n", f.name, f.at, f.value, f.a, f.b);
-  } else {
+  } else if (f.kind == static_cast<int>(IndexFault::kMixedBlock)) {
     printf("deepseek_ext: " DX_MIXED_BLOCK_FORMAT "\n", f.name, f.at, f.value, f.a, f.b);
+  } else {
+    printf("deepseek_ext: " DX_AFTER_PADDING_FORMAT "\n", f.name, f.at, f.value, f.a, f.b);
   }
   __trap();
 }
 #endif
 
-// Called by every thread at the end of its role: traps if any thread of any block found a bad index.
+// Called by every thread at the end of its role: if any thread of any block found a bad index, one
+// thread prints it and traps (the others return: a trap of theirs could end the grid mid-print).
 __device__ __forceinline__ void trap_on_index_fault() {
 #if defined(__CUDA_ARCH__)
-  if (*static_cast<volatile int*>(&g_index_fault.kind) != 0) {
+  if (*static_cast<volatile int*>(&g_index_fault.kind) != 0 && atomicExch(&g_index_fault.reported, 1) == 0) {
     __threadfence();
     report_index_fault(const_cast<const IndexFaultRecord&>(g_index_fault));
   }
+#elif defined(DX_EMULATE)
+  emu::trap_on_recorded_fault();
 #endif
 }
 
