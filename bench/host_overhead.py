@@ -13,8 +13,9 @@ check them); permute_to_grouped reads the per-expert counts, as it does on a GPU
 Inputs are allocated and never read. A figure is the calling thread's CPU time (time.thread_time)
 per call, the best of many batches of 100 calls after a warm-up, the batches spread over rounds
 through all the ops: what the host spends, less disturbed than wall time by other processes on a
-shared machine (a slow spell of a shared machine lasts longer than one op's batches).
-`torch.empty` of a 128x1024 tensor is timed as the yardstick.
+shared machine (a slow spell of a shared machine lasts longer than one op's batches). The process
+keeps the CPU memory it frees (keep_freed_memory), as CUDA's caching allocator keeps device
+memory. `torch.empty` of a 128x1024 tensor is timed as the yardstick.
 
 Both routes of an op are timed in the same run: the eager route (the default: each argument
 signature validated and planned once, then the plan run directly) and the torch.library route
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import sys
@@ -168,11 +170,28 @@ def cases() -> dict[str, Case]:
 ROUNDS = 10  # every op is timed once per round, so that a slow spell of the machine spoils one round of it
 
 
+def keep_freed_memory() -> None:
+    """CPU tensors stand in for GPU tensors here, and CUDA's caching allocator keeps the blocks it
+    frees. glibc by default hands big freed blocks back to the kernel (trimming the heap top,
+    unmapping mmapped blocks), so a CPU allocation of these sizes may cost system calls and page
+    faults or not, depending on what the process allocated before (two 0.9 MB tensors alive
+    together measured 20 us a pair in a fresh process, 1.7 us after a 16 MB one had been freed).
+    Fixed thresholds make every op's figure independent of the others' (glibc only; else a no-op)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mallopt(m_trim_threshold, 256 << 20)
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest
+
+
 def run(quick: bool) -> list[dict]:
     """bench/run.py's suite: report rows for both routes of every op; `value` is calls per
     microsecond. Each figure is the best of ROUNDS rounds over all ops, each round the best of its
     batches."""
     batches = (20 if quick else 400) // ROUNDS
+    keep_freed_memory()
     best: dict[tuple[str, str], float] = {}
     with stubbed_launches():
         all_cases = cases()
