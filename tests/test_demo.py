@@ -127,6 +127,16 @@ def test_progress_is_a_tqdm_bar_that_resumes_where_the_run_stopped():
     assert re.match(TQDM_BAR.format(done=50, total=50, loss="5.000"), final), final
 
 
+def test_progress_written_to_a_log_redraws_seldom():
+    out = StringIO()  # not a terminal
+    bar = training_bar(500, file=out)
+    for _ in range(500):  # 0.5 s: five redraws at a terminal's 0.1 s interval
+        time.sleep(0.001)
+        bar.update()
+    bar.close()
+    assert out.getvalue().count("\r") <= 3  # the first draw, the last, and at most one in between
+
+
 def test_moving_average():
     assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
 
