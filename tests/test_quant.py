@@ -453,6 +453,18 @@ def test_compile_fullgraph_matches_eager(name):
 
 # --- the kernel path's launcher arguments (no GPU here: checked against the binding source) ----
 
+@pytest.mark.parametrize("op, name", [(dx.quant.per_token_cast_to_fp8, "x"), (dx.quant.swiglu_cast_to_fp8, "gate_up"),
+                                      (dx.quant.per_block_cast_to_fp8, "w"),
+                                      (dx.quant.per_token_cast_to_fp8_with_transpose, "x")])
+def test_kernel_path_names_a_misaligned_input(monkeypatch, op, name):
+    monkeypatch.setattr(ops_quant, "uses_kernels", lambda t: True)
+    monkeypatch.setattr(_eager, "enabled", False)  # every call planned anew: no plan of another test's
+    monkeypatch.setattr(_launch, "launcher", lambda launcher_name, device: lambda *args: None)
+    misaligned = torch.randn(32, 132)[:, 2:130]  # rows 16-byte aligned, the start 8 bytes past
+    with pytest.raises(ValueError, match=f"{name} must start at a 16-byte aligned address"):
+        op(misaligned)
+
+
 def test_kernel_path_passes_what_the_bindings_declare(monkeypatch):
     calls = {}
     monkeypatch.setattr(ops_quant, "uses_kernels", lambda t: True)

@@ -79,23 +79,28 @@ def _check_per_token(x, pow2_scale) -> None:
 def _plan_per_token(x: torch.Tensor, pow2_scale: bool):
     if not uses_kernels(x):
         return _reference(ref.per_token_cast_to_fp8, "x")
-    return _plan_row_cast("per_token_cast_to_fp8", x, x.shape[-1], _rows(x))
+    return _plan_row_cast("per_token_cast_to_fp8", x, "x", x.shape[-1])
 
 
-def _plan_row_cast(name: str, x: torch.Tensor, k: int, rows: int):
-    """run(x, pow2_scale) -> (q, s) of launcher `name` (the 1x128 casts: per token, swiglu) for rows
-    rows of k outputs."""
-    layouts, device = _per_token_layouts(x, k), x.device
-    (alloc_q, alloc_s), ld_s = _allocators(layouts, device), layouts[1][1][-1]
-    x_code, ld, rows_per_batch = _launch.DTYPE_CODE[x.dtype], _row_ld(x), x.shape[-2]
+def _plan_cast(name: str, t: torch.Tensor, arg_name: str, layouts: tuple, *sizes: int):
+    """run(t, pow2_scale) -> (q, s) of a cast launcher `name` taking (t, its dtype, its row stride,
+    q, s, *sizes, pow2_scale); t is the argument arg_name, its outputs are of `layouts`."""
+    device = t.device
+    (alloc_q, alloc_s), t_code, ld = _allocators(layouts, device), _launch.DTYPE_CODE[t.dtype], _row_ld(t)
     launch = _launch.launcher(name, device)
 
-    def run(x, pow2_scale):
-        px = aligned_ptr(x, "x")
+    def run(t, pow2_scale):
+        pt = aligned_ptr(t, arg_name)
         q, s = alloc_q(), alloc_s()
-        launch(px, x_code, ld, q.data_ptr(), s.data_ptr(), rows, k, rows_per_batch, ld_s, pow2_scale)
+        launch(pt, t_code, ld, q.data_ptr(), s.data_ptr(), *sizes, pow2_scale)
         return q, s
     return run
+
+
+def _plan_row_cast(name: str, x: torch.Tensor, arg_name: str, k: int):
+    """The 1x128 casts (per token, swiglu): k outputs for each of x's rows."""
+    layouts = _per_token_layouts(x, k)
+    return _plan_cast(name, x, arg_name, layouts, _rows(x), k, x.shape[-2], layouts[1][1][-1])
 
 
 def _per_token_cast_to_fp8(x: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +136,7 @@ def _check_swiglu(gate_up, pow2_scale) -> None:
 def _plan_swiglu(gate_up: torch.Tensor, pow2_scale: bool):
     if not uses_kernels(gate_up):
         return _reference(ref.swiglu_cast_to_fp8, "gate_up")
-    return _plan_row_cast("swiglu_cast_to_fp8", gate_up, gate_up.shape[-1] // 2, _rows(gate_up))
+    return _plan_row_cast("swiglu_cast_to_fp8", gate_up, "gate_up", gate_up.shape[-1] // 2)
 
 
 def _swiglu_cast_to_fp8(gate_up: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,16 +173,7 @@ def _check_per_block(w, pow2_scale) -> None:
 def _plan_per_block(w: torch.Tensor, pow2_scale: bool):
     if not uses_kernels(w):
         return _reference(ref.per_block_cast_to_fp8, "w")
-    w_code, ld, rows, (n, k), device = _launch.DTYPE_CODE[w.dtype], _row_ld(w), _rows(w), w.shape[-2:], w.device
-    alloc_q, alloc_s = _allocators(_per_block_layouts(w), device)
-    launch = _launch.launcher("per_block_cast_to_fp8", device)
-
-    def run(w, pow2_scale):
-        pw = aligned_ptr(w, "w")
-        q, s = alloc_q(), alloc_s()
-        launch(pw, w_code, ld, q.data_ptr(), s.data_ptr(), rows, n, k, pow2_scale)
-        return q, s
-    return run
+    return _plan_cast("per_block_cast_to_fp8", w, "w", _per_block_layouts(w), _rows(w), *w.shape[-2:])
 
 
 def _per_block_cast_to_fp8(w: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
